@@ -1,0 +1,639 @@
+"""The core worker: the engine behind one driver or worker process.
+
+It has two sides. As a *caller* it owns what its process creates (see ``references``),
+submits tasks and actor calls (see ``task_submitter``), and resolves objects for ``get`` and
+``wait``. As an *executor* (in worker processes) it takes pushed tasks, pulls their large
+arguments into the node's store, asks the transport to run user code (``ExecuteTask``), and
+replies with the results.
+
+Two ways in, both returning the commands for the transport:
+
+- ``handle(msg, now)`` for messages and timers;
+- the API methods (``submit_task``, ``put``, ``begin_get``, ...) called by user code of this
+  process through the transport, which then runs ``drain()``.
+
+User threads never block in here. ``begin_get`` returns a ``Waiter``; the transport blocks
+the thread until the engine emits ``Wake(waiter)``, then the API collects ``results``.
+``ObjectRef`` finalizers only append to ``pending_decrefs``, drained on the next entry, so
+garbage collection can never re-enter the engine.
+
+An object is *available* to a waiter when its value (or error) is known; with
+``fetch_local`` it must also be in this process (inline, or pulled through the local node's
+store). Invariants: RC1-RC2 (references), CW1 every pending task's returns are owned here.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from rayref.core import protocol as p
+from rayref.core.config import EngineConfig
+from rayref.core.references import Reference, ReferenceTable
+from rayref.core.task_submitter import (ActorTaskSubmitter, ChannelState, NormalTaskSubmitter,
+                                        PendingTask, TaskState)
+
+TERMINATE = "__rayref_terminate__"
+
+
+@dataclass(eq=False, slots=True)
+class Waiter:
+    """A user thread's (or the engine's own) wait for objects or a reply."""
+
+    wid: int
+    ids: tuple[str, ...] = ()
+    need: int = 0
+    fetch_local: bool = True
+    pending: dict[str, int] = field(default_factory=dict)
+    ready: int = 0
+    done: bool = False
+    timed_out: bool = False
+    blocked: bool = False
+    on_done: Any = None
+    value: Any = None
+
+
+@dataclass(eq=False, slots=True)
+class Execution:
+    push: p.PushTask
+    blobs: list
+    missing: int
+    started: bool = False
+
+
+class CoreWorker:
+    def __init__(self, address: str, node_id: str, config: EngineConfig, *, is_driver: bool = False):
+        self.address = address
+        self.node_id = node_id
+        self.config = config
+        self.is_driver = is_driver
+        self.out: list = []
+        self.now = 0.0
+        self.seq = 0
+        self.refs = ReferenceTable(address, node_id, self.out)
+        self.refs.on_free = self._on_freed
+        self.tasks: dict[str, PendingTask] = {}
+        self.normal = NormalTaskSubmitter(self)
+        self.actors = ActorTaskSubmitter(self)
+        self.waiters: dict[int, Waiter] = {}
+        self.requests: dict[str, Waiter] = {}
+        self.registrations: dict[str, Waiter] = {}
+        self.pending_decrefs: list[str] = []
+        self.executions: dict[str, Execution] = {}
+        self.exec_queue: deque = deque()
+        self.arg_pulls: dict[str, list[str]] = {}
+        self.running = 0
+        self.max_concurrency = 1
+        self.actor_id = ""
+        self.normal_running = 0
+        self.blocked = 0
+        self.handlers = {
+            p.PushTask: self._on_push,
+            p.TaskExecuted: self._on_executed,
+            p.TaskReply: self._on_task_reply,
+            p.CancelTask: self._on_cancel_task,
+            p.LeaseGranted: self.normal.on_granted,
+            p.LeaseSpilled: self.normal.on_spilled,
+            p.LeaseRejected: self.normal.on_rejected,
+            p.LeaseInfeasible: self.normal.on_infeasible,
+            p.LeasedWorkerDied: self.normal.on_worker_died,
+            p.ObjectLocal: self._on_object_local,
+            p.ObjectUnavailable: self._on_object_unavailable,
+            p.GetObjectStatus: self._on_get_status,
+            p.ObjectStatus: self._on_status,
+            p.AddBorrower: lambda m: self.refs.add_borrower(m.object_id, m.borrower),
+            p.RemoveBorrower: lambda m: self.refs.remove_borrower(m.object_id, m.borrower),
+            p.ActorStateChanged: self.actors.on_state,
+            p.ActorRegistrationFailed: self.actors.on_registration_failed,
+            p.QueryReply: self._on_query_reply,
+            p.TimerFired: self._on_timer,
+            p.PeerUnreachable: self._on_unreachable,
+        }
+
+    # ------------------------------------------------------------------ plumbing
+
+    def handle(self, msg: p.Message, now: float) -> list:
+        self.now = now
+        self.release_dropped()
+        self.handlers[type(msg)](msg)
+        return self.drain()
+
+    def drain(self) -> list:
+        out = self.out[:]
+        self.out.clear()
+        return out
+
+    def send(self, to: str, msg: p.Message) -> None:
+        self.out.append(p.Send(to=to, msg=msg))
+
+    def new_id(self, kind: str) -> str:
+        self.seq += 1
+        return f"{self.address}.{kind}{self.seq}"
+
+    def release_dropped(self) -> None:
+        while self.pending_decrefs:
+            self.refs.remove_local(self.pending_decrefs.pop())
+
+    # ------------------------------------------------------------------ API: objects
+
+    def add_local_ref(self, info: p.RefInfo, register: bool = True) -> None:
+        self.refs.add_local(info, register)
+
+    def put(self, blob: p.Blob, object_id: str = "") -> p.RefInfo:
+        self.release_dropped()
+        ref = self.refs.own(object_id or self.new_id("p"))
+        self._store(ref, blob, node_id=self.node_id if blob.nbytes > self.config.inline_threshold else "")
+        if ref.locations:
+            self.send(self.node_id, p.PutObject(object_id=ref.object_id, owner=self.address, blob=blob))
+        self.refs.add_contained(blob.contained)
+        return p.RefInfo(object_id=ref.object_id, owner=self.address)
+
+    def _store(self, ref: Reference, blob: p.Blob | None, node_id: str = "", nbytes: int = 0) -> None:
+        ref.blob = blob
+        ref.nbytes = nbytes or (blob.nbytes if blob is not None else 0)
+        if node_id:
+            ref.locations = [node_id]
+        ref.ready = True
+        self._object_changed(ref)
+
+    def begin_get(self, infos, timeout: float | None, fetch_local: bool = True,
+                  num_returns: int | None = None) -> Waiter:
+        self.release_dropped()
+        need = len(infos) if num_returns is None else num_returns
+        waiter = self._watch(infos, need, fetch_local)
+        if not waiter.done:
+            if timeout is not None and timeout <= 0:
+                self._finish(waiter, timed_out=True)
+            else:
+                self._block_worker(waiter)
+                if timeout is not None:
+                    self.out.append(p.StartTimer(key=("waiter", waiter.wid), delay=timeout))
+        return waiter
+
+    def results(self, waiter: Waiter) -> list[p.Blob]:
+        blobs = []
+        for object_id in waiter.ids:
+            ref = self.refs.get(object_id)
+            blob = ref.blob if ref is not None else None
+            blobs.append(blob if blob is not None else p.system_error(
+                "ObjectLostError", f"Object {object_id} is no longer available: all references to it were released."))
+        return blobs
+
+    def ready_ids(self, waiter: Waiter) -> list[str]:
+        return [oid for oid in waiter.ids if self._available(self.refs.get(oid), waiter.fetch_local)]
+
+    def _available(self, ref: Reference | None, fetch_local: bool) -> bool:
+        return ref is not None and ref.ready and (not fetch_local or ref.blob is not None)
+
+    def _watch(self, infos, need: int, fetch_local: bool, on_done=None) -> Waiter:
+        self.seq += 1
+        waiter = Waiter(self.seq, tuple(i.object_id for i in infos), need, fetch_local, on_done=on_done)
+        watched = []
+        for info in infos:
+            ref = self.refs.get(info.object_id) or self._borrowed_entry(info)
+            if self._available(ref, fetch_local):
+                waiter.ready += 1
+                continue
+            waiter.pending[info.object_id] = waiter.pending.get(info.object_id, 0) + 1
+            if waiter not in ref.waiters:
+                ref.waiters.append(waiter)
+                watched.append(ref)
+        if waiter.ready >= need:
+            self._finish(waiter)
+            return waiter
+        self.waiters[waiter.wid] = waiter
+        for ref in watched:
+            self._resolve(ref, fetch_local)
+        return waiter
+
+    def _borrowed_entry(self, info: p.RefInfo) -> Reference:
+        self.refs.add_local(info, register=False)
+        ref = self.refs.get(info.object_id)
+        ref.local -= 1
+        return ref
+
+    def _resolve(self, ref: Reference, fetch_local: bool) -> None:
+        if not ref.ready:
+            if not ref.owned and not ref.status_requested:
+                ref.status_requested = True
+                self.send(ref.owner, p.GetObjectStatus(object_id=ref.object_id, requester=self.address))
+        elif fetch_local and ref.blob is None and not ref.pull_requested:
+            ref.pull_requested = True
+            self.send(self.node_id, p.PullObject(object_id=ref.object_id, requester=self.address,
+                                                 locations=tuple(ref.locations)))
+
+    def _object_changed(self, ref: Reference) -> None:
+        if ref.owned and ref.ready and ref.status_subscribers:
+            subscribers, ref.status_subscribers = ref.status_subscribers, []
+            for requester in subscribers:
+                self.send(requester, self._status_of(ref))
+        for waiter in list(ref.waiters):
+            if self._available(ref, waiter.fetch_local):
+                waiter.ready += waiter.pending.pop(ref.object_id, 0)
+                ref.waiters.remove(waiter)
+                if waiter.ready >= waiter.need:
+                    self._finish(waiter)
+            elif ref.ready:
+                self._resolve(ref, fetch_local=True)
+
+    def _finish(self, waiter: Waiter, timed_out: bool = False) -> None:
+        if waiter.done:
+            return
+        waiter.done, waiter.timed_out = True, timed_out
+        self.waiters.pop(waiter.wid, None)
+        for object_id in list(waiter.pending):
+            ref = self.refs.get(object_id)
+            if ref is not None:
+                self.refs.forget_waiter(ref, waiter)
+        if waiter.blocked:
+            self.blocked -= 1
+            if self.blocked == 0:
+                self.send(self.node_id, p.WorkerUnblocked(worker_id=self.address))
+        if waiter.on_done is not None:
+            waiter.on_done(waiter)
+        else:
+            self.out.append(p.Wake(waiter=waiter))
+
+    def _block_worker(self, waiter: Waiter) -> None:
+        """A task blocked in get/wait lends its CPUs back to the node, as in Ray."""
+        if self.normal_running and not self.actor_id:
+            waiter.blocked = True
+            self.blocked += 1
+            if self.blocked == 1:
+                self.send(self.node_id, p.WorkerBlocked(worker_id=self.address))
+
+    def _on_timer(self, msg: p.TimerFired) -> None:
+        waiter = self.waiters.get(msg.key[1])
+        if waiter is not None:
+            self._finish(waiter, timed_out=True)
+
+    # ------------------------------------------------------------------ owner / borrower protocol
+
+    def _status_of(self, ref: Reference) -> p.ObjectStatus:
+        inline = ref.blob is not None and (ref.nbytes <= self.config.inline_threshold or not ref.locations)
+        return p.ObjectStatus(object_id=ref.object_id, blob=ref.blob if inline else None,
+                              locations=tuple(ref.locations))
+
+    def _on_get_status(self, msg: p.GetObjectStatus) -> None:
+        ref = self.refs.get(msg.object_id)
+        if ref is None or not ref.owned:
+            self.send(msg.requester, p.ObjectStatus(object_id=msg.object_id, error=(
+                "ObjectLostError", f"Object {msg.object_id} was already freed by its owner {self.address}.")))
+        elif ref.ready:
+            self.send(msg.requester, self._status_of(ref))
+        else:
+            ref.status_subscribers.append(msg.requester)
+
+    def _on_status(self, msg: p.ObjectStatus) -> None:
+        ref = self.refs.get(msg.object_id)
+        if ref is None:
+            return
+        if msg.error:
+            self._store(ref, p.system_error(*msg.error))
+        else:
+            ref.locations = list(msg.locations)
+            self._store(ref, msg.blob, nbytes=msg.blob.nbytes if msg.blob else 0)
+
+    def _on_object_local(self, msg: p.ObjectLocal) -> None:
+        for task_id in self.arg_pulls.pop(msg.object_id, ()):
+            execution = self.executions.get(task_id)
+            if execution is not None:
+                self._fill_arg(execution, msg.object_id, msg.blob)
+        ref = self.refs.get(msg.object_id)
+        if ref is not None:
+            ref.pull_requested = False
+            ref.blob = msg.blob
+            self._object_changed(ref)
+
+    def _on_object_unavailable(self, msg: p.ObjectUnavailable) -> None:
+        error = p.system_error("ObjectLostError", f"Object {msg.object_id} is lost: {msg.reason}.")
+        for task_id in self.arg_pulls.pop(msg.object_id, ()):
+            execution = self.executions.pop(task_id, None)
+            if execution is not None:
+                self._reply(execution.push, [error] * len(execution.push.spec.return_ids))
+        ref = self.refs.get(msg.object_id)
+        if ref is not None:
+            self._store(ref, error)
+
+    def _on_unreachable(self, msg: p.PeerUnreachable) -> None:
+        original = msg.original
+        if isinstance(original, p.PushTask) and original.spec.kind == p.TaskKind.ACTOR_TASK:
+            self.actors.on_unreachable(msg.to, original)
+        elif isinstance(original, p.GetObjectStatus):
+            ref = self.refs.get(original.object_id)
+            if ref is not None:
+                self._store(ref, p.system_error("OwnerDiedError", (
+                    f"The owner {msg.to} of object {original.object_id} died, so the object is lost.")))
+
+    # ------------------------------------------------------------------ API: tasks
+
+    def submit_task(self, spec: p.TaskSpec) -> None:
+        self.release_dropped()
+        task = PendingTask(spec, retries_left=spec.max_retries)
+        self.tasks[spec.task_id] = task
+        for object_id in spec.return_ids:
+            self.refs.own(object_id)
+        self.refs.add_submitted(spec.dependencies + spec.args.contained)
+        if spec.kind == p.TaskKind.ACTOR_TASK:
+            self.actors.enqueue(task)
+        if spec.dependencies:
+            self._watch(spec.dependencies, len(spec.dependencies), False,
+                        on_done=lambda w: self._dependencies_ready(task))
+        else:
+            self._dependencies_ready(task)
+
+    def submit_actor_task(self, spec: p.TaskSpec) -> None:
+        seq = self.actors.next_sequence(spec.actor_id)
+        self.submit_task(dataclasses.replace(spec, sequence_no=seq))
+
+    def create_actor(self, spec: p.TaskSpec) -> None:
+        handle_id = spec.return_ids[0]
+        self.actors.created(spec.actor_id, detached=spec.actor.detached).creation_task = spec.task_id
+        self.submit_task(spec)
+        self.refs.get(handle_id).actor_handle_of = spec.actor_id
+        self._store(self.refs.get(handle_id), None)
+
+    def _dependencies_ready(self, task: PendingTask) -> None:
+        if task.cancelled or self.tasks.get(task.spec.task_id) is not task:
+            return
+        args = []
+        for info in task.spec.dependencies:
+            ref = self.refs.get(info.object_id)
+            if ref.blob is not None and ref.blob.is_error:
+                self._fail_with(task, ref.blob)
+                return
+            inline = ref.blob is not None and (ref.nbytes <= self.config.inline_threshold or not ref.locations)
+            args.append(p.ResolvedArg(ref=info, blob=ref.blob if inline else None, locations=tuple(ref.locations)))
+        task.args = tuple(args)
+        kind = task.spec.kind
+        if kind == p.TaskKind.ACTOR_CREATION:
+            task.state = TaskState.RUNNING
+            self.send(p.CONTROL_PLANE, p.RegisterActor(actor_id=task.spec.actor_id, spec=task.spec, args=task.args))
+        elif kind == p.TaskKind.ACTOR_TASK:
+            task.state = TaskState.QUEUED
+            self.actors.pump(task.spec.actor_id)
+        else:
+            self.normal.enqueue(task)
+
+    def _on_task_reply(self, msg: p.TaskReply) -> None:
+        task = self.tasks.get(msg.task_id)
+        if task is None or task.state != TaskState.RUNNING or task.worker_id != msg.worker_id:
+            return
+        spec = task.spec
+        if msg.cancelled or (task.cancelled and not msg.returns):
+            self._fail_with(task, p.system_error("TaskCancelledError", f"Task {spec.name} ({spec.task_id}) was cancelled."))
+        elif msg.retryable_error and task.retries_left != 0 and not task.cancelled:
+            self._retry(task)
+            return
+        else:
+            for value in msg.returns:
+                self._store_return(value)
+            self._finish_task(task)
+        self._register_borrowers(msg.borrowed, msg.worker_id)
+
+    def _register_borrowers(self, borrowed, worker_id: str) -> None:
+        for info in borrowed:
+            if info.owner == self.address:
+                self.refs.add_borrower(info.object_id, worker_id)
+            else:
+                self.send(info.owner, p.AddBorrower(object_id=info.object_id, borrower=worker_id))
+
+    def _store_return(self, value: p.ReturnValue) -> None:
+        ref = self.refs.get(value.object_id)
+        self.refs.add_contained(value.contained, registered=True)
+        if ref is None:
+            if value.node_id:
+                self.send(value.node_id, p.FreeObjects(object_ids=(value.object_id,)))
+            self.refs.remove_contained(value.contained)
+            return
+        ref.contained = value.contained
+        self._store(ref, value.blob, node_id=value.node_id, nbytes=value.nbytes)
+
+    def _retry(self, task: PendingTask) -> None:
+        task.retries_left -= 1
+        task.spec = dataclasses.replace(task.spec, attempt=task.spec.attempt + 1)
+        if task.spec.kind == p.TaskKind.ACTOR_TASK:
+            self.actors.on_reply(task)
+            task.state = TaskState.QUEUED
+            ch = self.actors.channels[task.spec.actor_id]
+            ch.queue.appendleft(task.spec.task_id)
+            self.actors.pump(task.spec.actor_id)
+        else:
+            self.normal.on_reply(task)
+            self.normal.enqueue(task, front=True)
+
+    def task_lost(self, task: PendingTask, reason: str) -> None:
+        """The worker running ``task`` died: retry it, or fail it."""
+        if task.cancelled:
+            self._fail_with(task, p.system_error("TaskCancelledError", f"Task {task.spec.name} was cancelled."))
+        elif task.retries_left != 0:
+            task.retries_left -= 1
+            task.spec = dataclasses.replace(task.spec, attempt=task.spec.attempt + 1)
+            self.normal.enqueue(task, front=True)
+        else:
+            self.fail_task(task, "WorkerCrashedError", (
+                f"Task {task.spec.name} ({task.spec.task_id}) failed: {reason}; "
+                f"no retries left (max_retries={task.spec.max_retries})."))
+
+    def fail_task(self, task: PendingTask, kind: str, text: str) -> None:
+        self._fail_with(task, p.system_error(kind, text))
+
+    def _fail_with(self, task: PendingTask, blob: p.Blob) -> None:
+        for object_id in task.spec.return_ids:
+            ref = self.refs.get(object_id)
+            if ref is not None and not ref.ready:
+                self._store(ref, blob)
+        self._finish_task(task)
+
+    def _finish_task(self, task: PendingTask) -> None:
+        if self.tasks.pop(task.spec.task_id, None) is None:
+            return
+        self.refs.remove_submitted(task.spec.dependencies + task.spec.args.contained)
+        if task.state == TaskState.RUNNING:
+            if task.spec.kind == p.TaskKind.NORMAL:
+                self.normal.on_reply(task)
+            elif task.spec.kind == p.TaskKind.ACTOR_TASK:
+                self.actors.on_reply(task)
+
+    def cancel(self, object_id: str, force: bool, recursive: bool) -> None:
+        self.release_dropped()
+        task = self.tasks.get(object_id.rsplit(".r", 1)[0])
+        if task is not None:
+            self.cancel_task(task, force, recursive)
+
+    def cancel_task(self, task: PendingTask, force: bool, recursive: bool) -> None:
+        task.cancelled = True
+        if task.state == TaskState.RUNNING:
+            self.send(task.worker_id, p.CancelTask(task_id=task.spec.task_id, force=force, recursive=recursive))
+            return
+        if task.spec.kind == p.TaskKind.ACTOR_TASK:
+            self.actors.dequeue(task)
+        else:
+            self.normal.dequeue(task)
+        self._fail_with(task, p.system_error("TaskCancelledError", f"Task {task.spec.name} was cancelled."))
+
+    # ------------------------------------------------------------------ API: actors and queries
+
+    def kill_actor(self, actor_id: str, no_restart: bool) -> None:
+        self.send(p.CONTROL_PLANE, p.KillActor(actor_id=actor_id, no_restart=no_restart,
+                                               reason="the actor was killed by ray.kill()"))
+
+    def await_registration(self, actor_id: str) -> Waiter:
+        self.seq += 1
+        waiter = Waiter(self.seq)
+        ch = self.actors.channels[actor_id]
+        if ch.state != ChannelState.UNREGISTERED:
+            waiter.value = ch
+            waiter.done = True
+        else:
+            self.registrations[actor_id] = waiter
+        return waiter
+
+    def actor_state_changed(self, ch) -> None:
+        creation = self.tasks.get(ch.creation_task)
+        if creation is not None and ch.state in (ChannelState.ALIVE, ChannelState.DEAD):
+            self._finish_task(creation)
+        waiter = self.registrations.pop(ch.actor_id, None)
+        if waiter is not None:
+            waiter.value = ch
+            self._finish(waiter)
+
+    def query(self, what: str, name: str = "", namespace: str = "") -> Waiter:
+        self.release_dropped()
+        request_id = self.new_id("q")
+        waiter = Waiter(self.seq)
+        self.requests[request_id] = waiter
+        self.send(p.CONTROL_PLANE, p.Query(request_id=request_id, requester=self.address, what=what,
+                                           name=name, namespace=namespace))
+        return waiter
+
+    def _on_query_reply(self, msg: p.QueryReply) -> None:
+        waiter = self.requests.pop(msg.request_id, None)
+        if waiter is not None:
+            waiter.value = msg.value
+            self._finish(waiter)
+
+    def _on_freed(self, ref: Reference) -> None:
+        """An actor's last handle is gone: terminate it after the calls already submitted."""
+        ch = self.actors.channels.get(ref.actor_handle_of) if ref.actor_handle_of else None
+        if ch is None or ch.detached or ch.state == ChannelState.DEAD:
+            return
+        spec = p.TaskSpec(task_id=self.new_id("t"), kind=p.TaskKind.ACTOR_TASK, name=TERMINATE,
+                          owner=self.address, owner_node=self.node_id, args=p.Blob(data=b""),
+                          actor_id=ch.actor_id, method=TERMINATE, max_retries=-1)
+        self.submit_actor_task(spec)
+
+    # ------------------------------------------------------------------ executor side
+
+    def _on_push(self, msg: p.PushTask) -> None:
+        spec = msg.spec
+        if spec.method == TERMINATE:
+            self.send(p.CONTROL_PLANE, p.KillActor(actor_id=spec.actor_id, no_restart=True,
+                                                   reason="all handles to the actor went out of scope"))
+            return
+        if spec.kind == p.TaskKind.ACTOR_CREATION:
+            self.actor_id = spec.actor_id
+            opts = spec.actor
+            self.max_concurrency = opts.max_concurrency
+        execution = Execution(msg, [a.blob for a in msg.args], sum(a.blob is None for a in msg.args))
+        self.executions[msg.task_id] = execution
+        for arg in msg.args:
+            if arg.blob is None:
+                waiting = self.arg_pulls.setdefault(arg.ref.object_id, [])
+                waiting.append(msg.task_id)
+                if len(waiting) == 1:
+                    self.send(self.node_id, p.PullObject(object_id=arg.ref.object_id, requester=self.address,
+                                                         locations=arg.locations))
+        if execution.missing == 0:
+            self._ready_to_run(execution)
+
+    def _fill_arg(self, execution: Execution, object_id: str, blob: p.Blob) -> None:
+        for index, arg in enumerate(execution.push.args):
+            if arg.ref.object_id == object_id and execution.blobs[index] is None:
+                execution.blobs[index] = blob
+                execution.missing -= 1
+        if execution.missing == 0:
+            self._ready_to_run(execution)
+
+    def _ready_to_run(self, execution: Execution) -> None:
+        if self.running < self.max_concurrency:
+            self._start(execution)
+        else:
+            self.exec_queue.append(execution.push.task_id)
+
+    def _start(self, execution: Execution) -> None:
+        push = execution.push
+        self.running += 1
+        execution.started = True
+        if push.spec.kind == p.TaskKind.NORMAL:
+            self.normal_running += 1
+        self.out.append(p.ExecuteTask(spec=push.spec, args=tuple(execution.blobs), gpu_ids=push.gpu_ids,
+                                      node_id=self.node_id))
+
+    def _on_executed(self, msg: p.TaskExecuted) -> None:
+        execution = self.executions.pop(msg.task_id, None)
+        if execution is None:
+            return
+        self.running -= 1
+        if execution.push.spec.kind == p.TaskKind.NORMAL:
+            self.normal_running -= 1
+        self._reply(execution.push, msg.returns, msg.retryable_error, msg.cancelled)
+        if msg.exit_process:
+            self.out.append(p.ExitProcess(reason="the task asked its process to exit"))
+            return
+        while self.exec_queue and self.running < self.max_concurrency:
+            queued = self.executions.get(self.exec_queue.popleft())
+            if queued is not None:
+                self._start(queued)
+
+    def _reply(self, push: p.PushTask, blobs, retryable_error: bool = False, cancelled: bool = False) -> None:
+        spec = push.spec
+        returns = tuple(self._return_value(oid, blob, spec.owner) for oid, blob in zip(spec.return_ids, blobs))
+        borrowed = tuple(self.refs.unregistered_borrows())
+        self.send(push.reply_to, p.TaskReply(task_id=push.task_id, worker_id=self.address, returns=returns,
+                                             borrowed=borrowed, retryable_error=retryable_error,
+                                             cancelled=cancelled))
+
+    def _return_value(self, object_id: str, blob: p.Blob, owner: str) -> p.ReturnValue:
+        for info in blob.contained:
+            if info.owner == owner:
+                continue
+            if info.owner == self.address:
+                self.refs.add_borrower(info.object_id, owner)
+            else:
+                self.send(info.owner, p.AddBorrower(object_id=info.object_id, borrower=owner))
+        if blob.nbytes > self.config.inline_threshold and not blob.is_error:
+            self.send(self.node_id, p.PutObject(object_id=object_id, owner=owner, blob=blob))
+            return p.ReturnValue(object_id=object_id, node_id=self.node_id, nbytes=blob.nbytes,
+                                 contained=blob.contained)
+        return p.ReturnValue(object_id=object_id, blob=blob, nbytes=blob.nbytes, contained=blob.contained)
+
+    def _on_cancel_task(self, msg: p.CancelTask) -> None:
+        execution = self.executions.get(msg.task_id)
+        if msg.recursive:
+            for task in list(self.tasks.values()):
+                if task.spec.parent_task_id == msg.task_id:
+                    self.cancel_task(task, msg.force, recursive=True)
+        if execution is None:
+            return
+        if execution.started:
+            if msg.force:
+                self.out.append(p.ExitProcess(reason=f"task {msg.task_id} was cancelled with force=True"))
+            else:
+                self.out.append(p.InterruptTask(task_id=msg.task_id))
+            return
+        del self.executions[msg.task_id]
+        if msg.task_id in self.exec_queue:
+            self.exec_queue.remove(msg.task_id)
+        self._reply(execution.push, [], cancelled=True)
+
+    # ------------------------------------------------------------------ invariants
+
+    def validate(self) -> None:
+        self.refs.validate()
+        for task in self.tasks.values():
+            for object_id in task.spec.return_ids:
+                ref = self.refs.get(object_id)
+                assert ref is None or ref.owned, f"CW1: return {object_id} of a pending task not owned here"
+        assert self.running >= 0 and self.blocked >= 0

@@ -1,0 +1,458 @@
+"""The node manager: one per node. Resources, worker leases, the worker pool, the object store.
+
+A lease moves through a small table of states::
+
+    (request) -> QUEUED --allocate--> AWAITING_WORKER --worker--> GRANTED --return--> (gone)
+              -> INFEASIBLE --view changes--> QUEUED | (spilled)
+              -> (spilled to another node)          -> (rejected)
+
+The scheduling policy decides, from this node's view of the cluster (the control plane's last
+broadcast, with this node's own entry always exact), whether a request runs here, queues here,
+spills to another node, or can never run. A request that was already spilled, or that the
+control plane directed here, is granted or queued here, never spilled again.
+
+While a leased worker is blocked in ``get``/``wait`` its CPUs are lent back to the node, as
+in Ray; when it unblocks it takes them back even if that overcommits the node for a while.
+
+Invariants (``validate``, specs/invariants.md):
+NM1  available = total - allocations of granted and awaiting leases (blocked leases' CPUs lent).
+NM2  no lease was granted resources that were not available at the time (checked on grant).
+NM3  every LEASED worker belongs to exactly one GRANTED lease, and the reverse.
+"""
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from rayref.core import protocol as p
+from rayref.core.config import EngineConfig
+from rayref.core.object_store import ObjectStore
+from rayref.core.resources import GpuInstances, Resources
+from rayref.core.scheduling import POLICIES
+
+NO_RESOURCES = Resources()
+
+
+class LeaseState(enum.Enum):
+    QUEUED = "queued"
+    INFEASIBLE = "infeasible"
+    AWAITING_WORKER = "awaiting_worker"
+    GRANTED = "granted"
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"
+    IDLE = "idle"
+    LEASED = "leased"
+
+
+@dataclass(slots=True)
+class Lease:
+    request: p.RequestWorkerLease
+    state: LeaseState = LeaseState.QUEUED
+    worker_id: str = ""
+    allocated: Resources = NO_RESOURCES
+    gpu_ids: tuple[int, ...] = ()
+    blocked: bool = False
+    warned: bool = False
+
+
+@dataclass(slots=True)
+class Pull:
+    requesters: list[str]
+    locations: tuple[str, ...]
+    tried: int = 0
+
+
+@dataclass(slots=True)
+class WorkerRecord:
+    worker_id: str
+    state: WorkerState
+    lease_id: str = ""
+
+
+@dataclass
+class NodeManager:
+    node_id: str
+    total: Resources
+    config: EngineConfig
+    rng: Any
+    object_store_memory: int
+    is_head: bool = False
+    labels: tuple = ()
+    available: Resources = NO_RESOURCES
+    view: tuple[p.NodeInfo, ...] = ()
+    leases: dict[str, Lease] = field(default_factory=dict)
+    queue: dict[str, None] = field(default_factory=dict)
+    awaiting_worker: deque = field(default_factory=deque)
+    workers: dict[str, WorkerRecord] = field(default_factory=dict)
+    idle: deque = field(default_factory=deque)
+    pulls: dict[str, Pull] = field(default_factory=dict)
+    awaiting_put: dict[str, list[str]] = field(default_factory=dict)
+    freed_early: set = field(default_factory=set)
+    out: list = field(default_factory=list)
+    now: float = 0.0
+    report_armed: bool = False
+    worker_seq: int = 0
+    starting: int = 0
+
+    def __post_init__(self):
+        self.available = self.total
+        self.gpus = GpuInstances(int(self.total.get("GPU")))
+        self.store = ObjectStore(self.object_store_memory)
+        self.policy = POLICIES[self.config.scheduling_policy]() if self.config.scheduling_policy != "hybrid" \
+            else POLICIES["hybrid"](self.config.spread_threshold, self.config.top_k_fraction)
+        self.handlers = {
+            p.RequestWorkerLease: self._on_request_lease,
+            p.ReturnWorkerLease: self._on_return_lease,
+            p.CancelLease: self._on_cancel_lease,
+            p.WorkerRegistered: self._on_worker_registered,
+            p.WorkerExited: self._on_worker_exited,
+            p.WorkerBlocked: self._on_worker_blocked,
+            p.WorkerUnblocked: self._on_worker_unblocked,
+            p.ClusterView: self._on_cluster_view,
+            p.ClusterQuiescent: self._on_quiescent,
+            p.TimerFired: self._on_timer,
+            p.PutObject: self._on_put_object,
+            p.PullObject: self._on_pull_object,
+            p.FetchObject: self._on_fetch_object,
+            p.ObjectTransfer: self._on_object_transfer,
+            p.FreeObjects: self._on_free_objects,
+            p.PeerUnreachable: self._on_peer_unreachable,
+        }
+
+    # ------------------------------------------------------------------ the one way in
+
+    def start(self) -> list:
+        self._send(p.CONTROL_PLANE, p.RegisterNode(node=self.info()))
+        if self.config.prestart_workers:
+            for _ in range(int(self.total.get("CPU"))):
+                self._start_worker()
+        return self._drain()
+
+    def handle(self, msg: p.Message, now: float) -> list:
+        self.now = now
+        self.handlers[type(msg)](msg)
+        return self._drain()
+
+    def _drain(self) -> list:
+        out, self.out = self.out, []
+        return out
+
+    def _send(self, to: str, msg: p.Message) -> None:
+        self.out.append(p.Send(to=to, msg=msg))
+
+    def info(self) -> p.NodeInfo:
+        return p.NodeInfo(node_id=self.node_id, address=self.node_id, total=self.total,
+                          available=self.available, is_head=self.is_head, labels=self.labels)
+
+    def _nodes(self) -> list[p.NodeInfo]:
+        nodes = [self.info() if n.node_id == self.node_id else n for n in self.view]
+        return nodes or [self.info()]
+
+    # ------------------------------------------------------------------ leases
+
+    def _on_request_lease(self, msg: p.RequestWorkerLease) -> None:
+        lease = Lease(msg)
+        self.leases[msg.lease_id] = lease
+        if msg.grant_or_reject or msg.spilled:
+            if msg.spec.resources.fits_in(self.total):
+                self._enqueue(lease)
+            else:
+                del self.leases[msg.lease_id]
+                self._send(msg.requester, p.LeaseRejected(lease_id=msg.lease_id, reason="spilled here but infeasible"))
+            return
+        self._place(lease)
+
+    def _place(self, lease: Lease) -> None:
+        spec = lease.request.spec
+        placement = self.policy.pick(spec.resources, spec.strategy, self.node_id, self._nodes(), self.rng)
+        if placement.node_id == self.node_id:
+            self._enqueue(lease)
+        elif placement.node_id:
+            self._spill(lease, placement.node_id)
+        elif self._dead_affinity_target(spec):
+            self._reject(lease, placement.reason, final=True)
+        else:
+            self._mark_infeasible(lease, placement.reason)
+
+    def _dead_affinity_target(self, spec: p.TaskSpec) -> bool:
+        if spec.strategy.kind != "NODE_AFFINITY" or spec.strategy.soft:
+            return False
+        return any(n.node_id == spec.strategy.node_id and not n.alive for n in self.view)
+
+    def _enqueue(self, lease: Lease) -> None:
+        lease.state = LeaseState.QUEUED
+        self.queue[lease.request.lease_id] = None
+        self._dispatch()
+
+    def _spill(self, lease: Lease, node_id: str) -> None:
+        self.queue.pop(lease.request.lease_id, None)
+        del self.leases[lease.request.lease_id]
+        self._send(lease.request.requester, p.LeaseSpilled(lease_id=lease.request.lease_id, node_id=node_id))
+
+    def _reject(self, lease: Lease, reason: str, final: bool) -> None:
+        self.queue.pop(lease.request.lease_id, None)
+        del self.leases[lease.request.lease_id]
+        self._send(lease.request.requester, p.LeaseRejected(lease_id=lease.request.lease_id, reason=reason, final=final))
+
+    def _mark_infeasible(self, lease: Lease, reason: str) -> None:
+        lease.state = LeaseState.INFEASIBLE
+        if not lease.warned:
+            lease.warned = True
+            self._send(lease.request.requester, p.LeaseInfeasible(lease_id=lease.request.lease_id, reason=reason))
+
+    def _dispatch(self) -> None:
+        for lease_id in list(self.queue):
+            lease = self.leases[lease_id]
+            if self._allocate(lease):
+                del self.queue[lease_id]
+                self._assign_worker(lease)
+
+    def _allocate(self, lease: Lease) -> bool:
+        need = lease.request.spec.resources
+        if not need.fits_in(self.available):
+            return False
+        gpu_ids = self.gpus.allocate(need.raw("GPU"))
+        if gpu_ids is None:
+            return False
+        lease.gpu_ids = gpu_ids
+        lease.allocated = need
+        self.available = self.available - need
+        self._resources_changed()
+        return True
+
+    def _release(self, lease: Lease) -> None:
+        back = lease.allocated
+        if lease.blocked:
+            back = back - back.only(("CPU",))
+        self.available = self.available + back
+        self.gpus.release(lease.gpu_ids, lease.allocated.raw("GPU"))
+        lease.allocated = NO_RESOURCES
+        self._resources_changed()
+
+    def _assign_worker(self, lease: Lease) -> None:
+        if self.idle:
+            self._grant(lease, self.idle.popleft())
+            return
+        lease.state = LeaseState.AWAITING_WORKER
+        self.awaiting_worker.append(lease.request.lease_id)
+        if self.starting < len(self.awaiting_worker):
+            self._start_worker()
+
+    def _grant(self, lease: Lease, worker_id: str) -> None:
+        record = self.workers[worker_id]
+        record.state, record.lease_id = WorkerState.LEASED, lease.request.lease_id
+        lease.state, lease.worker_id = LeaseState.GRANTED, worker_id
+        self._send(lease.request.requester, p.LeaseGranted(
+            lease_id=lease.request.lease_id, worker_id=worker_id, node_id=self.node_id, gpu_ids=lease.gpu_ids))
+
+    def _on_return_lease(self, msg: p.ReturnWorkerLease) -> None:
+        lease = self.leases.pop(msg.lease_id, None)
+        if lease is None:
+            return
+        self._release(lease)
+        if msg.worker_exiting:
+            self.workers.pop(lease.worker_id, None)
+            self.out.append(p.KillWorker(worker_id=lease.worker_id, reason="lease returned with exit"))
+        else:
+            self._worker_available(lease.worker_id)
+        self._dispatch()
+
+    def _on_cancel_lease(self, msg: p.CancelLease) -> None:
+        lease = self.leases.get(msg.lease_id)
+        if lease is None or lease.state == LeaseState.GRANTED:
+            return
+        del self.leases[msg.lease_id]
+        self.queue.pop(msg.lease_id, None)
+        if lease.state == LeaseState.AWAITING_WORKER:
+            self.awaiting_worker.remove(msg.lease_id)
+            self._release(lease)
+            self._dispatch()
+
+    def _on_worker_blocked(self, msg: p.WorkerBlocked) -> None:
+        lease = self._lease_of(msg.worker_id)
+        if lease is None or lease.blocked:
+            return
+        lease.blocked = True
+        self.available = self.available + lease.allocated.only(("CPU",))
+        self._resources_changed()
+        self._dispatch()
+
+    def _on_worker_unblocked(self, msg: p.WorkerUnblocked) -> None:
+        lease = self._lease_of(msg.worker_id)
+        if lease is None or not lease.blocked:
+            return
+        lease.blocked = False
+        self.available = self.available - lease.allocated.only(("CPU",))
+        self._resources_changed()
+
+    def _lease_of(self, worker_id: str) -> Lease | None:
+        record = self.workers.get(worker_id)
+        return self.leases.get(record.lease_id) if record and record.lease_id else None
+
+    # ------------------------------------------------------------------ worker pool
+
+    def _start_worker(self) -> None:
+        self.worker_seq += 1
+        worker_id = f"{self.node_id}.w{self.worker_seq}"
+        self.workers[worker_id] = WorkerRecord(worker_id, WorkerState.STARTING)
+        self.starting += 1
+        self.out.append(p.StartWorker(worker_id=worker_id, node_id=self.node_id))
+
+    def _on_worker_registered(self, msg: p.WorkerRegistered) -> None:
+        record = self.workers.get(msg.worker_id)
+        if record is None or record.state != WorkerState.STARTING:
+            return
+        self.starting -= 1
+        self._worker_available(msg.worker_id)
+
+    def _worker_available(self, worker_id: str) -> None:
+        record = self.workers[worker_id]
+        record.lease_id = ""
+        if self.awaiting_worker:
+            self._grant(self.leases[self.awaiting_worker.popleft()], worker_id)
+        else:
+            record.state = WorkerState.IDLE
+            self.idle.append(worker_id)
+
+    def _on_worker_exited(self, msg: p.WorkerExited) -> None:
+        record = self.workers.pop(msg.worker_id, None)
+        if record is None:
+            return
+        if record.state == WorkerState.STARTING:
+            self.starting -= 1
+            if self.starting < len(self.awaiting_worker):
+                self._start_worker()
+        elif record.state == WorkerState.IDLE:
+            self.idle.remove(msg.worker_id)
+        else:
+            lease = self.leases.pop(record.lease_id)
+            self._release(lease)
+            self._send(lease.request.requester, p.LeasedWorkerDied(
+                lease_id=record.lease_id, worker_id=msg.worker_id, reason=msg.reason))
+            self._dispatch()
+
+    # ------------------------------------------------------------------ cluster view
+
+    def _resources_changed(self) -> None:
+        if not self.report_armed:
+            self.report_armed = True
+            self.out.append(p.StartTimer(key=("report",), delay=self.config.report_period))
+
+    def _on_timer(self, msg: p.TimerFired) -> None:
+        self.report_armed = False
+        self._send(p.CONTROL_PLANE, p.ResourceReport(node_id=self.node_id, available=self.available))
+
+    def _on_cluster_view(self, msg: p.ClusterView) -> None:
+        self.view = msg.nodes
+        for lease_id in list(self.leases):
+            lease = self.leases[lease_id]
+            if lease.state == LeaseState.INFEASIBLE:
+                self._place(lease)
+            elif lease.state == LeaseState.QUEUED and not lease.request.spilled \
+                    and not lease.request.grant_or_reject:
+                self.queue.pop(lease_id)
+                self._place(lease)
+
+    def _on_quiescent(self, msg: p.ClusterQuiescent) -> None:
+        for lease_id in list(self.leases):
+            lease = self.leases[lease_id]
+            if lease.state == LeaseState.INFEASIBLE:
+                spec = lease.request.spec
+                self._reject(lease, f"{spec.name} needs {spec.resources.to_dict()}, which no node "
+                                    f"in the cluster can ever provide", final=True)
+
+    def _on_peer_unreachable(self, msg: p.PeerUnreachable) -> None:
+        """A requester died before its reply arrived: give back what it was granted."""
+        original = msg.original
+        if isinstance(original, p.LeaseGranted):
+            self._on_return_lease(p.ReturnWorkerLease(lease_id=original.lease_id, worker_id=original.worker_id))
+        elif isinstance(original, p.LeaseSpilled | p.LeaseRejected | p.LeaseInfeasible):
+            return
+
+    # ------------------------------------------------------------------ objects
+
+    def _on_put_object(self, msg: p.PutObject) -> None:
+        if msg.object_id in self.freed_early:
+            self.freed_early.discard(msg.object_id)
+            return
+        self.store.add(msg.object_id, msg.blob, msg.owner, msg.pinned)
+        for node in self.awaiting_put.pop(msg.object_id, ()):
+            self._send(node, p.ObjectTransfer(object_id=msg.object_id, blob=msg.blob, from_node=self.node_id))
+        self._serve_pull(msg.object_id, msg.blob)
+
+    def _on_pull_object(self, msg: p.PullObject) -> None:
+        blob = self.store.get(msg.object_id)
+        if blob is not None:
+            self._send(msg.requester, p.ObjectLocal(object_id=msg.object_id, blob=blob))
+            return
+        pull = self.pulls.get(msg.object_id)
+        if pull is not None:
+            pull.requesters.append(msg.requester)
+            return
+        if self.node_id in msg.locations:
+            self.pulls[msg.object_id] = Pull([msg.requester], msg.locations, tried=len(msg.locations))
+            return
+        self.pulls[msg.object_id] = Pull([msg.requester], msg.locations)
+        self._fetch_next(msg.object_id)
+
+    def _fetch_next(self, object_id: str) -> None:
+        pull = self.pulls[object_id]
+        if pull.tried >= len(pull.locations):
+            del self.pulls[object_id]
+            for requester in pull.requesters:
+                self._send(requester, p.ObjectUnavailable(object_id=object_id, reason="no copy could be fetched"))
+            return
+        source = pull.locations[pull.tried]
+        pull.tried += 1
+        self._send(source, p.FetchObject(object_id=object_id, requester_node=self.node_id))
+
+    def _on_fetch_object(self, msg: p.FetchObject) -> None:
+        blob = self.store.get(msg.object_id)
+        if blob is None:
+            self.awaiting_put.setdefault(msg.object_id, []).append(msg.requester_node)
+            return
+        self._send(msg.requester_node, p.ObjectTransfer(object_id=msg.object_id, blob=blob, from_node=self.node_id))
+
+    def _on_object_transfer(self, msg: p.ObjectTransfer) -> None:
+        if msg.object_id not in self.pulls:
+            return
+        if msg.blob is None:
+            self._fetch_next(msg.object_id)
+            return
+        self.store.add(msg.object_id, msg.blob, owner="", pinned=False)
+        self._serve_pull(msg.object_id, msg.blob)
+
+    def _serve_pull(self, object_id: str, blob: p.Blob) -> None:
+        pull = self.pulls.pop(object_id, None)
+        for requester in pull.requesters if pull else ():
+            self._send(requester, p.ObjectLocal(object_id=object_id, blob=blob))
+
+    def _on_free_objects(self, msg: p.FreeObjects) -> None:
+        for object_id in msg.object_ids:
+            if object_id not in self.store and object_id not in self.pulls:
+                self.freed_early.add(object_id)
+            self.store.remove(object_id)
+            for node in self.awaiting_put.pop(object_id, ()):
+                self._send(node, p.ObjectTransfer(object_id=object_id, blob=None, from_node=self.node_id))
+
+    # ------------------------------------------------------------------ invariants
+
+    def validate(self) -> None:
+        allocated = NO_RESOURCES
+        for lease in self.leases.values():
+            if lease.state in (LeaseState.GRANTED, LeaseState.AWAITING_WORKER):
+                held = lease.allocated - lease.allocated.only(("CPU",)) if lease.blocked else lease.allocated
+                allocated = allocated + held
+        assert self.available == self.total - allocated, f"NM1: {self.available} != {self.total} - {allocated}"
+        for worker_id, record in self.workers.items():
+            if record.state == WorkerState.LEASED:
+                lease = self.leases.get(record.lease_id)
+                assert lease is not None and lease.worker_id == worker_id, "NM3: leased worker without lease"
+        for lease_id, lease in self.leases.items():
+            if lease.state == LeaseState.GRANTED:
+                assert self.workers[lease.worker_id].lease_id == lease_id, "NM3: lease without its worker"
+        self.store.validate()

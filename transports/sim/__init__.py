@@ -1,0 +1,1 @@
+"""The SimPy transport: a whole cluster in one process, in virtual time (see ``runtime``)."""
