@@ -88,6 +88,7 @@ class CoreWorker:
         self.actor_id = ""
         self.normal_running = 0
         self.blocked = 0
+        self.terminating = False
         self.handlers = {
             p.PushTask: self._on_push,
             p.TaskExecuted: self._on_executed,
@@ -529,8 +530,8 @@ class CoreWorker:
     def _on_push(self, msg: p.PushTask) -> None:
         spec = msg.spec
         if spec.method == TERMINATE:
-            self.send(p.CONTROL_PLANE, p.KillActor(actor_id=spec.actor_id, no_restart=True,
-                                                   reason="all handles to the actor went out of scope"))
+            self.terminating = True
+            self._maybe_terminate()
             return
         if spec.kind == p.TaskKind.ACTOR_CREATION:
             self.actor_id = spec.actor_id
@@ -586,6 +587,14 @@ class CoreWorker:
             queued = self.executions.get(self.exec_queue.popleft())
             if queued is not None:
                 self._start(queued)
+        self._maybe_terminate()
+
+    def _maybe_terminate(self) -> None:
+        """Out-of-scope termination waits for every call received before it."""
+        if self.terminating and not self.executions:
+            self.terminating = False
+            self.send(p.CONTROL_PLANE, p.KillActor(actor_id=self.actor_id, no_restart=True,
+                                                   reason="all handles to the actor went out of scope"))
 
     def _reply(self, push: p.PushTask, blobs, retryable_error: bool = False, cancelled: bool = False) -> None:
         spec = push.spec

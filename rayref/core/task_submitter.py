@@ -127,6 +127,8 @@ class NormalTaskSubmitter:
         lease = ActiveLease(msg.lease_id, key, msg.worker_id, msg.node_id, msg.gpu_ids)
         self.leases[msg.lease_id] = lease
         self._next_or_return(lease)
+        if key in self.keys:
+            self._pump(key)
 
     def _next_or_return(self, lease: ActiveLease) -> None:
         queue = self.keys.get(lease.key)
