@@ -9,7 +9,10 @@ A lease moves through a small table of states::
 The scheduling policy decides, from this node's view of the cluster (the control plane's last
 broadcast, with this node's own entry always exact), whether a request runs here, queues here,
 spills to another node, or can never run. A request that was already spilled, or that the
-control plane directed here, is granted or queued here, never spilled again.
+control plane directed here, is granted here at once or rejected (the requester then asks
+its local node again), never queued or spilled again. What a node spills to another is
+subtracted from its view of that node until the next broadcast, so a burst of requests does
+not all land on the same node.
 
 While a leased worker is blocked in ``get``/``wait`` its CPUs are lent back to the node, as
 in Ray; when it unblocks it takes them back even if that overcommits the node for a while.
@@ -21,6 +24,7 @@ NM3  every LEASED worker belongs to exactly one GRANTED lease, and the reverse.
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections import deque
 from dataclasses import dataclass, field
@@ -92,6 +96,7 @@ class NodeManager:
     pulls: dict[str, Pull] = field(default_factory=dict)
     awaiting_put: dict[str, list[str]] = field(default_factory=dict)
     freed_early: set = field(default_factory=set)
+    spilled_to: dict[str, Resources] = field(default_factory=dict)
     out: list = field(default_factory=list)
     now: float = 0.0
     report_armed: bool = False
@@ -149,8 +154,16 @@ class NodeManager:
                           available=self.available, is_head=self.is_head, labels=self.labels)
 
     def _nodes(self) -> list[p.NodeInfo]:
+        if not self.view:
+            return [self.info()]
         nodes = [self.info() if n.node_id == self.node_id else n for n in self.view]
-        return nodes or [self.info()]
+        if self.spilled_to:
+            nodes = [self._minus_spilled(n) if n.node_id in self.spilled_to else n for n in nodes]
+        return nodes
+
+    def _minus_spilled(self, node: p.NodeInfo) -> p.NodeInfo:
+        """This node's guess of ``node`` after what it spilled there since the last view."""
+        return dataclasses.replace(node, available=node.available - self.spilled_to[node.node_id])
 
     # ------------------------------------------------------------------ leases
 
@@ -158,11 +171,10 @@ class NodeManager:
         lease = Lease(msg)
         self.leases[msg.lease_id] = lease
         if msg.grant_or_reject or msg.spilled:
-            if msg.spec.resources.fits_in(self.total):
+            if msg.spec.resources.fits_in(self.available):
                 self._enqueue(lease)
             else:
-                del self.leases[msg.lease_id]
-                self._send(msg.requester, p.LeaseRejected(lease_id=msg.lease_id, reason="spilled here but infeasible"))
+                self._reject(lease, "spilled here but the resources are no longer available", final=False)
             return
         self._place(lease)
 
@@ -189,6 +201,7 @@ class NodeManager:
         self._dispatch()
 
     def _spill(self, lease: Lease, node_id: str) -> None:
+        self.spilled_to[node_id] = self.spilled_to.get(node_id, NO_RESOURCES) + lease.request.spec.resources
         self.queue.pop(lease.request.lease_id, None)
         del self.leases[lease.request.lease_id]
         self._send(lease.request.requester, p.LeaseSpilled(lease_id=lease.request.lease_id, node_id=node_id))
@@ -348,6 +361,7 @@ class NodeManager:
 
     def _on_cluster_view(self, msg: p.ClusterView) -> None:
         self.view = msg.nodes
+        self.spilled_to = {}
         for lease_id in list(self.leases):
             lease = self.leases[lease_id]
             if lease.state == LeaseState.INFEASIBLE:

@@ -11,7 +11,7 @@ and ``Placement.reason`` says why.
 The hybrid policy is Ray's default: a node whose most-used resource is below the spread
 threshold (0.5) counts as empty; the local node wins when it is below the threshold;
 otherwise the pick is uniform among the ``top_k`` least-used nodes that can run it now
-(k = max(1, 20% of the nodes)). If none can run it now, it queues at the local node if
+(k = max(1, 20% of the nodes), widened to every node tied with the k-th). If none can run it now, it queues at the local node if
 that could ever run it, else at the least-used node that could.
 """
 from __future__ import annotations
@@ -72,7 +72,8 @@ class HybridPolicy:
                     return Placement(local, ready=True)
             ranked = sorted(ready, key=self._score)
             k = max(1, int(self.top_k_fraction * len(nodes)))
-            top = ranked[:k]
+            cutoff = self._score(ranked[min(k, len(ranked)) - 1])
+            top = [n for n in ranked if self._score(n) <= cutoff]
             return Placement(top[int(rng.random() * len(top))].node_id, ready=True)
         for node in feasible:
             if node.node_id == local:
