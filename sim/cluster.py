@@ -111,6 +111,12 @@ class Cluster:
     def trace_lines(self) -> list[str]:
         return list(self.runtime.trace.events or [])
 
+    def story(self, key: str) -> list[str]:
+        """The traced messages about one task, object, lease, actor or worker (needs keep_trace)."""
+        if self.runtime.trace.events is None:
+            raise ValueError("story() needs the trace kept: build the cluster with sim=SimConfig(keep_trace=True).")
+        return [line for line in self.runtime.trace.events if key in line.rsplit("|", 1)[-1]]
+
     @property
     def warnings(self) -> list[str]:
         return list(self.runtime.warnings)

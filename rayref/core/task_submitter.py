@@ -58,6 +58,7 @@ class ActiveLease:
 class KeyQueue:
     tasks: deque = field(default_factory=deque)
     requested: dict[str, str] = field(default_factory=dict)
+    active: int = 0
     warned: bool = False
 
 
@@ -83,16 +84,12 @@ class NormalTaskSubmitter:
             queue.tasks.remove(task.spec.task_id)
 
     def _pump(self, key: tuple) -> None:
+        """Ask for leases while tasks wait (granted leases are never idle: see _next_or_return)."""
         queue = self.keys[key]
-        for lease in list(self.leases.values()):
-            if not queue.tasks:
-                break
-            if lease.key == key and lease.worker_id and not lease.task_id:
-                self._push(lease, queue.tasks.popleft())
         limit = self.cw.config.max_pending_lease_requests
         while queue.tasks and len(queue.requested) < min(len(queue.tasks), limit):
             self._request_lease(key, self.cw.node_id, spilled=0)
-        if not queue.tasks and not queue.requested and not any(l.key == key for l in self.leases.values()):
+        if not queue.tasks and not queue.requested and not queue.active:
             del self.keys[key]
 
     def _request_lease(self, key: tuple, node_id: str, spilled: int) -> None:
@@ -126,19 +123,23 @@ class NormalTaskSubmitter:
         del self.keys[key].requested[msg.lease_id]
         lease = ActiveLease(msg.lease_id, key, msg.worker_id, msg.node_id, msg.gpu_ids)
         self.leases[msg.lease_id] = lease
+        self.keys[key].active += 1
         self._next_or_return(lease)
         if key in self.keys:
             self._pump(key)
 
     def _next_or_return(self, lease: ActiveLease) -> None:
-        queue = self.keys.get(lease.key)
-        if queue is not None and queue.tasks:
+        queue = self.keys[lease.key]
+        if queue.tasks:
             self._push(lease, queue.tasks.popleft())
             return
-        del self.leases[lease.lease_id]
+        self._drop(lease)
         self.cw.send(lease.node_id, p.ReturnWorkerLease(lease_id=lease.lease_id, worker_id=lease.worker_id))
-        if queue is not None:
-            self._pump(lease.key)
+        self._pump(lease.key)
+
+    def _drop(self, lease: ActiveLease) -> None:
+        del self.leases[lease.lease_id]
+        self.keys[lease.key].active -= 1
 
     def on_spilled(self, msg: p.LeaseSpilled) -> None:
         key = self._key_of_request(msg.lease_id)
@@ -180,9 +181,10 @@ class NormalTaskSubmitter:
             self._next_or_return(lease)
 
     def on_worker_died(self, msg: p.LeasedWorkerDied) -> None:
-        lease = self.leases.pop(msg.lease_id, None)
+        lease = self.leases.get(msg.lease_id)
         if lease is None:
             return
+        self._drop(lease)
         if lease.task_id:
             task = self.cw.tasks.get(lease.task_id)
             if task is not None:

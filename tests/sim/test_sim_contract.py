@@ -282,3 +282,20 @@ def test_no_leak_between_runs():
     rayref.init(num_cpus=2, seed=0)
     with pytest.raises(ValueError):
         rayref.get_actor("solo")
+
+
+def test_story_of_a_task():
+    cluster = Cluster(seed=0, sim=SimConfig(keep_trace=True))
+    cluster.add_node(num_cpus=1)
+    cluster.connect()
+
+    @rayref.remote
+    def one():
+        return 1
+
+    ref = one.remote()
+    assert rayref.get(ref) == 1
+    task_id = ref.hex().rsplit(".r", 1)[0]
+    kinds = [line.split("|")[3] for line in cluster.story(task_id)]
+    assert "PushTask" in kinds and "TaskReply" in kinds
+    assert kinds.index("PushTask") < kinds.index("TaskReply")
