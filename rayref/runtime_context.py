@@ -25,6 +25,9 @@ class RuntimeContext:
         return self._ctx.cw.actor_id or None
 
     def get_assigned_resources(self) -> dict:
+        """The resources this task holds; in an actor, those the actor was created with."""
+        if self._ctx.actor is not None:
+            return dict(self._ctx.actor_resources)
         task = self._ctx.current_task()
         return task.spec.resources.to_dict() if task is not None else {}
 

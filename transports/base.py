@@ -13,8 +13,8 @@ messages, runs their commands, and runs user code. The API sees it through two o
     thread until the waiter is done. ``wait_async(infos)``: the same, awaitable.
     ``current_task()``: the ``RunningTask`` of the calling code, or None in a driver.
     ``functions``: the process's cache of unpickled functions. ``set_actor(instance)``,
-    ``actor``: the actor instance this process hosts. ``namespace``, ``job_id``,
-    ``actor_restarts``.
+    ``actor``: the actor instance this process hosts, ``actor_resources`` what it was created
+    with. ``namespace``, ``job_id``, ``actor_restarts``.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ class ProcessContext(Protocol):
     job_id: str
     functions: dict
     actor: Any
+    actor_resources: dict
     actor_restarts: int
 
     def call(self, fn, *args): ...

@@ -16,6 +16,7 @@ Invariant CP2: an ALIVE actor has a worker address and a node.
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 from typing import Any
@@ -198,7 +199,8 @@ class ControlPlane:
                                                         worker_exiting=True))
             return
         record.worker_id, record.node_id = msg.worker_id, msg.node_id
-        self._send(msg.worker_id, p.PushTask(task_id=record.spec.task_id, spec=record.spec,
+        spec = dataclasses.replace(record.spec, attempt=record.num_restarts)
+        self._send(msg.worker_id, p.PushTask(task_id=spec.task_id, spec=spec,
                                              reply_to=p.CONTROL_PLANE, args=record.args, lease_id=msg.lease_id, gpu_ids=msg.gpu_ids))
 
     def _on_creation_reply(self, msg: p.TaskReply) -> None:

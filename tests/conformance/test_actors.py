@@ -25,6 +25,9 @@ def _counter(ray, **options):
         def crash(self):
             os._exit(1)
 
+        def reconstructed(self):
+            return ray.get_runtime_context().was_current_actor_reconstructed
+
     return Counter
 
 
@@ -114,6 +117,7 @@ def test_actor_restart_and_task_retry(ray_start):
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(counter.crash.remote())
     assert ray.get(counter.pid.remote()) != first
+    assert ray.get(counter.reconstructed.remote()) is True
     assert ray.get(counter.get.remote()) == 0
 
 
@@ -200,3 +204,15 @@ def test_detached_actor_survives_handle(ray_start):
     handle.incr.remote(2)
     del handle
     assert ray.get(ray.get_actor("keeper").get.remote()) == 2
+
+
+def test_actor_assigned_resources(ray_start):
+    ray = ray_start
+
+    @ray.remote(num_cpus=2, num_gpus=0.5)
+    class Holder:
+        def held(self):
+            return ray.get_runtime_context().get_assigned_resources()
+
+    held = ray.get(Holder.remote().held.remote())
+    assert held["CPU"] == 2.0 and held["GPU"] == 0.5

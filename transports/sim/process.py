@@ -95,6 +95,7 @@ class SimProcess:
         self.is_driver = is_driver
         self.functions: dict = {}
         self.actor = None
+        self.actor_resources: dict = {}
         self.actor_restarts = 0
         self.threads: list[SimThread] = []
         self.alive = True
@@ -141,6 +142,9 @@ class SimProcess:
 
     def set_actor(self, instance) -> None:
         self.actor = instance
+        spec = self.current_task().spec
+        self.actor_resources = spec.resources.to_dict()
+        self.actor_restarts = spec.attempt
 
     # ------------------------------------------------------------------ running user code
 
