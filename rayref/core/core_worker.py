@@ -144,6 +144,7 @@ class CoreWorker:
     def put(self, blob: p.Blob, object_id: str = "") -> p.RefInfo:
         self.release_dropped()
         ref = self.refs.own(object_id or self.new_id("p"))
+        ref.contained = blob.contained
         self._store(ref, blob, node_id=self.node_id if blob.nbytes > self.config.inline_threshold else "")
         if ref.locations:
             self.send(self.node_id, p.PutObject(object_id=ref.object_id, owner=self.address, blob=blob))
@@ -378,6 +379,7 @@ class CoreWorker:
             self.normal.enqueue(task)
 
     def _on_task_reply(self, msg: p.TaskReply) -> None:
+        self._register_borrowers(msg.borrowed, msg.worker_id)
         task = self.tasks.get(msg.task_id)
         if task is None or task.state != TaskState.RUNNING or task.worker_id != msg.worker_id:
             return
@@ -386,12 +388,10 @@ class CoreWorker:
             self._fail_with(task, p.system_error("TaskCancelledError", f"Task {spec.name} ({spec.task_id}) was cancelled."))
         elif msg.retryable_error and task.retries_left != 0 and not task.cancelled:
             self._retry(task)
-            return
         else:
             for value in msg.returns:
                 self._store_return(value)
             self._finish_task(task)
-        self._register_borrowers(msg.borrowed, msg.worker_id)
 
     def _register_borrowers(self, borrowed, worker_id: str) -> None:
         for info in borrowed:
