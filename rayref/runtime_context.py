@@ -22,7 +22,7 @@ class RuntimeContext:
         return task.spec.task_id if task is not None else None
 
     def get_actor_id(self) -> str | None:
-        return self._ctx.cw.actor_id or None
+        return self._ctx.cw.receiver.actor_id or None
 
     def get_assigned_resources(self) -> dict:
         """The resources this task holds; in an actor, those the actor was created with."""

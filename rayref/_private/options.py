@@ -119,7 +119,7 @@ def task_resources(options: dict) -> Resources:
 
 
 def actor_resources(options: dict) -> Resources:
-    """Ray's default actor takes no CPU while it runs (it needs one only to be placed)."""
+    """A default actor takes no CPU (Ray: none to run, though one to be placed; see README)."""
     return _resources_of(options, 0)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from rayref.core import protocol as p
 from rayref.core.config import EngineConfig
-from rayref.core.scheduling import HybridPolicy
+from rayref.core.scheduling import make_policy
 
 
 class ActorState(enum.Enum):
@@ -70,7 +70,7 @@ class ControlPlane:
     lease_seq: int = 0
 
     def __post_init__(self):
-        self.policy = HybridPolicy(self.config.spread_threshold, self.config.top_k_fraction)
+        self.policy = make_policy(self.config)
         self.handlers = {
             p.RegisterNode: self._on_register_node,
             p.ResourceReport: self._on_resource_report,
@@ -155,6 +155,8 @@ class ControlPlane:
 
     def _schedule(self, actor_id: str) -> None:
         record = self.actors[actor_id]
+        if record.lease_id in self.leases:
+            return
         spec = record.spec
         placement = self.policy.pick(spec.resources, spec.strategy, spec.owner_node,
                                      [n for n in self.nodes.values()], self.rng)
@@ -204,6 +206,8 @@ class ControlPlane:
                                              reply_to=p.CONTROL_PLANE, args=record.args, lease_id=msg.lease_id, gpu_ids=msg.gpu_ids))
 
     def _on_creation_reply(self, msg: p.TaskReply) -> None:
+        for info in msg.borrowed:
+            self._send(info.owner, p.AddBorrower(object_id=info.object_id, borrower=msg.worker_id))
         record = self._record_of_worker(msg.worker_id)
         if record is None:
             return
@@ -249,8 +253,8 @@ class ControlPlane:
 
     def _kill(self, record: ActorRecord, no_restart: bool) -> None:
         record.no_restart |= no_restart
+        self.leases.pop(record.lease_id, None)
         if record.worker_id:
-            self.leases.pop(record.lease_id, None)
             self._send(record.node_id, p.ReturnWorkerLease(lease_id=record.lease_id, worker_id=record.worker_id,
                                                            worker_exiting=True))
             record.worker_id = record.node_id = ""

@@ -24,17 +24,15 @@ store). Invariants: RC1-RC2 (references), CW1 every pending task's returns are o
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from rayref.core import protocol as p
 from rayref.core.config import EngineConfig
 from rayref.core.references import Reference, ReferenceTable
+from rayref.core.task_receiver import TERMINATE, TaskReceiver
 from rayref.core.task_submitter import (ActorTaskSubmitter, ChannelState, NormalTaskSubmitter,
                                         PendingTask, TaskState)
-
-TERMINATE = "__rayref_terminate__"
 
 
 @dataclass(eq=False, slots=True)
@@ -52,14 +50,6 @@ class Waiter:
     blocked: bool = False
     on_done: Any = None
     value: Any = None
-
-
-@dataclass(eq=False, slots=True)
-class Execution:
-    push: p.PushTask
-    blobs: list
-    missing: int
-    started: bool = False
 
 
 class CoreWorker:
@@ -80,20 +70,13 @@ class CoreWorker:
         self.requests: dict[str, Waiter] = {}
         self.registrations: dict[str, Waiter] = {}
         self.pending_decrefs: list[str] = []
-        self.executions: dict[str, Execution] = {}
-        self.exec_queue: deque = deque()
-        self.arg_pulls: dict[str, list[str]] = {}
-        self.running = 0
-        self.max_concurrency = 1
-        self.actor_id = ""
-        self.normal_running = 0
+        self.receiver = TaskReceiver(self)
         self.blocked = 0
-        self.terminating = False
         self.handlers = {
-            p.PushTask: self._on_push,
-            p.TaskExecuted: self._on_executed,
+            p.PushTask: self.receiver.on_push,
+            p.TaskExecuted: self.receiver.on_executed,
             p.TaskReply: self._on_task_reply,
-            p.CancelTask: self._on_cancel_task,
+            p.CancelTask: self.receiver.on_cancel_task,
             p.LeaseGranted: self.normal.on_granted,
             p.LeaseSpilled: self.normal.on_spilled,
             p.LeaseRejected: self.normal.on_rejected,
@@ -257,9 +240,13 @@ class CoreWorker:
         else:
             self.out.append(p.Wake(waiter=waiter))
 
+    def abandon(self, waiter: Waiter) -> None:
+        """The user thread stopped waiting (it was interrupted): stop watching, unblock the worker."""
+        self._finish(waiter, timed_out=True)
+
     def _block_worker(self, waiter: Waiter) -> None:
         """A task blocked in get/wait lends its CPUs back to the node, as in Ray."""
-        if self.normal_running and not self.actor_id:
+        if self.receiver.normal_running and not self.receiver.actor_id:
             waiter.blocked = True
             self.blocked += 1
             if self.blocked == 1:
@@ -298,10 +285,7 @@ class CoreWorker:
             self._store(ref, msg.blob, nbytes=msg.blob.nbytes if msg.blob else 0)
 
     def _on_object_local(self, msg: p.ObjectLocal) -> None:
-        for task_id in self.arg_pulls.pop(msg.object_id, ()):
-            execution = self.executions.get(task_id)
-            if execution is not None:
-                self._fill_arg(execution, msg.object_id, msg.blob)
+        self.receiver.on_arg_local(msg.object_id, msg.blob)
         ref = self.refs.get(msg.object_id)
         if ref is not None:
             ref.pull_requested = False
@@ -310,10 +294,7 @@ class CoreWorker:
 
     def _on_object_unavailable(self, msg: p.ObjectUnavailable) -> None:
         error = p.system_error("ObjectLostError", f"Object {msg.object_id} is lost: {msg.reason}.")
-        for task_id in self.arg_pulls.pop(msg.object_id, ()):
-            execution = self.executions.pop(task_id, None)
-            if execution is not None:
-                self._reply(execution.push, [error] * len(execution.push.spec.return_ids))
+        self.receiver.on_arg_lost(msg.object_id, error)
         ref = self.refs.get(msg.object_id)
         if ref is not None:
             self._store(ref, error)
@@ -451,11 +432,14 @@ class CoreWorker:
         if self.tasks.pop(task.spec.task_id, None) is None:
             return
         self.refs.remove_submitted(task.spec.dependencies + task.spec.args.contained)
+        kind = task.spec.kind
         if task.state == TaskState.RUNNING:
-            if task.spec.kind == p.TaskKind.NORMAL:
+            if kind == p.TaskKind.NORMAL:
                 self.normal.on_reply(task)
-            elif task.spec.kind == p.TaskKind.ACTOR_TASK:
+            elif kind == p.TaskKind.ACTOR_TASK:
                 self.actors.on_reply(task)
+        elif kind == p.TaskKind.ACTOR_TASK:
+            self.actors.unblock(task.spec.actor_id)
 
     def cancel(self, object_id: str, force: bool, recursive: bool) -> None:
         self.release_dropped()
@@ -493,7 +477,9 @@ class CoreWorker:
 
     def actor_state_changed(self, ch) -> None:
         creation = self.tasks.get(ch.creation_task)
-        if creation is not None and ch.state in (ChannelState.ALIVE, ChannelState.DEAD):
+        restartable = creation is not None and creation.spec.actor.max_restarts != 0
+        if creation is not None and (ch.state == ChannelState.DEAD or
+                                     (ch.state == ChannelState.ALIVE and not restartable)):
             self._finish_task(creation)
         waiter = self.registrations.pop(ch.actor_id, None)
         if waiter is not None:
@@ -525,118 +511,6 @@ class CoreWorker:
                           actor_id=ch.actor_id, method=TERMINATE, max_retries=-1)
         self.submit_actor_task(spec)
 
-    # ------------------------------------------------------------------ executor side
-
-    def _on_push(self, msg: p.PushTask) -> None:
-        spec = msg.spec
-        if spec.method == TERMINATE:
-            self.terminating = True
-            self._maybe_terminate()
-            return
-        if spec.kind == p.TaskKind.ACTOR_CREATION:
-            self.actor_id = spec.actor_id
-            opts = spec.actor
-            self.max_concurrency = opts.max_concurrency
-        execution = Execution(msg, [a.blob for a in msg.args], sum(a.blob is None for a in msg.args))
-        self.executions[msg.task_id] = execution
-        for arg in msg.args:
-            if arg.blob is None:
-                waiting = self.arg_pulls.setdefault(arg.ref.object_id, [])
-                waiting.append(msg.task_id)
-                if len(waiting) == 1:
-                    self.send(self.node_id, p.PullObject(object_id=arg.ref.object_id, requester=self.address,
-                                                         locations=arg.locations))
-        if execution.missing == 0:
-            self._ready_to_run(execution)
-
-    def _fill_arg(self, execution: Execution, object_id: str, blob: p.Blob) -> None:
-        for index, arg in enumerate(execution.push.args):
-            if arg.ref.object_id == object_id and execution.blobs[index] is None:
-                execution.blobs[index] = blob
-                execution.missing -= 1
-        if execution.missing == 0:
-            self._ready_to_run(execution)
-
-    def _ready_to_run(self, execution: Execution) -> None:
-        if self.running < self.max_concurrency:
-            self._start(execution)
-        else:
-            self.exec_queue.append(execution.push.task_id)
-
-    def _start(self, execution: Execution) -> None:
-        push = execution.push
-        self.running += 1
-        execution.started = True
-        if push.spec.kind == p.TaskKind.NORMAL:
-            self.normal_running += 1
-        self.out.append(p.ExecuteTask(spec=push.spec, args=tuple(execution.blobs), gpu_ids=push.gpu_ids,
-                                      node_id=self.node_id))
-
-    def _on_executed(self, msg: p.TaskExecuted) -> None:
-        execution = self.executions.pop(msg.task_id, None)
-        if execution is None:
-            return
-        self.running -= 1
-        if execution.push.spec.kind == p.TaskKind.NORMAL:
-            self.normal_running -= 1
-        self._reply(execution.push, msg.returns, msg.retryable_error, msg.cancelled)
-        if msg.exit_process:
-            self.out.append(p.ExitProcess(reason="the task asked its process to exit"))
-            return
-        while self.exec_queue and self.running < self.max_concurrency:
-            queued = self.executions.get(self.exec_queue.popleft())
-            if queued is not None:
-                self._start(queued)
-        self._maybe_terminate()
-
-    def _maybe_terminate(self) -> None:
-        """Out-of-scope termination waits for every call received before it."""
-        if self.terminating and not self.executions:
-            self.terminating = False
-            self.send(p.CONTROL_PLANE, p.KillActor(actor_id=self.actor_id, no_restart=True,
-                                                   reason="all handles to the actor went out of scope"))
-
-    def _reply(self, push: p.PushTask, blobs, retryable_error: bool = False, cancelled: bool = False) -> None:
-        spec = push.spec
-        returns = tuple(self._return_value(oid, blob, spec.owner) for oid, blob in zip(spec.return_ids, blobs))
-        borrowed = tuple(self.refs.unregistered_borrows())
-        self.send(push.reply_to, p.TaskReply(task_id=push.task_id, worker_id=self.address, returns=returns,
-                                             borrowed=borrowed, retryable_error=retryable_error,
-                                             cancelled=cancelled))
-
-    def _return_value(self, object_id: str, blob: p.Blob, owner: str) -> p.ReturnValue:
-        for info in blob.contained:
-            if info.owner == owner:
-                continue
-            if info.owner == self.address:
-                self.refs.add_borrower(info.object_id, owner)
-            else:
-                self.send(info.owner, p.AddBorrower(object_id=info.object_id, borrower=owner))
-        if blob.nbytes > self.config.inline_threshold and not blob.is_error:
-            self.send(self.node_id, p.PutObject(object_id=object_id, owner=owner, blob=blob))
-            return p.ReturnValue(object_id=object_id, node_id=self.node_id, nbytes=blob.nbytes,
-                                 contained=blob.contained)
-        return p.ReturnValue(object_id=object_id, blob=blob, nbytes=blob.nbytes, contained=blob.contained)
-
-    def _on_cancel_task(self, msg: p.CancelTask) -> None:
-        execution = self.executions.get(msg.task_id)
-        if msg.recursive:
-            for task in list(self.tasks.values()):
-                if task.spec.parent_task_id == msg.task_id:
-                    self.cancel_task(task, msg.force, recursive=True)
-        if execution is None:
-            return
-        if execution.started:
-            if msg.force:
-                self.out.append(p.ExitProcess(reason=f"task {msg.task_id} was cancelled with force=True"))
-            else:
-                self.out.append(p.InterruptTask(task_id=msg.task_id))
-            return
-        del self.executions[msg.task_id]
-        if msg.task_id in self.exec_queue:
-            self.exec_queue.remove(msg.task_id)
-        self._reply(execution.push, [], cancelled=True)
-
     # ------------------------------------------------------------------ invariants
 
     def validate(self) -> None:
@@ -645,4 +519,4 @@ class CoreWorker:
             for object_id in task.spec.return_ids:
                 ref = self.refs.get(object_id)
                 assert ref is None or ref.owned, f"CW1: return {object_id} of a pending task not owned here"
-        assert self.running >= 0 and self.blocked >= 0
+        assert self.receiver.running >= 0 and self.blocked >= 0, "CW2: negative counters"

@@ -34,9 +34,11 @@ from rayref.core import protocol as p
 from rayref.core.config import EngineConfig
 from rayref.core.object_store import ObjectStore
 from rayref.core.resources import GpuInstances, Resources
-from rayref.core.scheduling import POLICIES
+from rayref.core.scheduling import make_policy
 
 NO_RESOURCES = Resources()
+FREED_MEMORY = 100_000
+"""How many freed object ids a node remembers, to answer late pulls and fetches at once."""
 
 
 class LeaseState(enum.Enum):
@@ -95,7 +97,7 @@ class NodeManager:
     idle: deque = field(default_factory=deque)
     pulls: dict[str, Pull] = field(default_factory=dict)
     awaiting_put: dict[str, list[str]] = field(default_factory=dict)
-    freed_early: set = field(default_factory=set)
+    freed: dict[str, None] = field(default_factory=dict)
     spilled_to: dict[str, Resources] = field(default_factory=dict)
     out: list = field(default_factory=list)
     now: float = 0.0
@@ -107,8 +109,7 @@ class NodeManager:
         self.available = self.total
         self.gpus = GpuInstances(int(self.total.get("GPU")))
         self.store = ObjectStore(self.object_store_memory)
-        self.policy = POLICIES[self.config.scheduling_policy]() if self.config.scheduling_policy != "hybrid" \
-            else POLICIES["hybrid"](self.config.spread_threshold, self.config.top_k_fraction)
+        self.policy = make_policy(self.config)
         self.handlers = {
             p.RequestWorkerLease: self._on_request_lease,
             p.ReturnWorkerLease: self._on_return_lease,
@@ -171,8 +172,8 @@ class NodeManager:
         lease = Lease(msg)
         self.leases[msg.lease_id] = lease
         if msg.grant_or_reject or msg.spilled:
-            if msg.spec.resources.fits_in(self.available):
-                self._enqueue(lease)
+            if self._allocate(lease):
+                self._assign_worker(lease)
             else:
                 self._reject(lease, "spilled here but the resources are no longer available", final=False)
             return
@@ -390,8 +391,7 @@ class NodeManager:
     # ------------------------------------------------------------------ objects
 
     def _on_put_object(self, msg: p.PutObject) -> None:
-        if msg.object_id in self.freed_early:
-            self.freed_early.discard(msg.object_id)
+        if msg.object_id in self.freed:
             return
         self.store.add(msg.object_id, msg.blob, msg.owner, msg.pinned)
         for node in self.awaiting_put.pop(msg.object_id, ()):
@@ -407,10 +407,14 @@ class NodeManager:
         if pull is not None:
             pull.requesters.append(msg.requester)
             return
-        if self.node_id in msg.locations:
+        if self.node_id in msg.locations and msg.object_id not in self.freed:
             self.pulls[msg.object_id] = Pull([msg.requester], msg.locations, tried=len(msg.locations))
             return
-        self.pulls[msg.object_id] = Pull([msg.requester], msg.locations)
+        locations = tuple(n for n in msg.locations if n != self.node_id)
+        if not locations:
+            self._send(msg.requester, p.ObjectUnavailable(object_id=msg.object_id, reason="it was freed"))
+            return
+        self.pulls[msg.object_id] = Pull([msg.requester], locations)
         self._fetch_next(msg.object_id)
 
     def _fetch_next(self, object_id: str) -> None:
@@ -426,7 +430,7 @@ class NodeManager:
 
     def _on_fetch_object(self, msg: p.FetchObject) -> None:
         blob = self.store.get(msg.object_id)
-        if blob is None:
+        if blob is None and msg.object_id not in self.freed:
             self.awaiting_put.setdefault(msg.object_id, []).append(msg.requester_node)
             return
         self._send(msg.requester_node, p.ObjectTransfer(object_id=msg.object_id, blob=blob, from_node=self.node_id))
@@ -447,8 +451,9 @@ class NodeManager:
 
     def _on_free_objects(self, msg: p.FreeObjects) -> None:
         for object_id in msg.object_ids:
-            if object_id not in self.store and object_id not in self.pulls:
-                self.freed_early.add(object_id)
+            self.freed[object_id] = None
+            if len(self.freed) > FREED_MEMORY:
+                del self.freed[next(iter(self.freed))]
             self.store.remove(object_id)
             for node in self.awaiting_put.pop(object_id, ()):
                 self._send(node, p.ObjectTransfer(object_id=object_id, blob=None, from_node=self.node_id))

@@ -260,12 +260,6 @@ class PutObject(Message):
 
 
 @frozen
-class ObjectStored(Message):
-    object_id: str
-    node_id: str
-
-
-@frozen
 class PullObject(Message):
     object_id: str
     requester: str
@@ -340,7 +334,8 @@ class ObjectStatus(Message):
     object_id: str
     blob: Blob | None = None
     locations: tuple[str, ...] = ()
-    error: str = ""
+    error: tuple[str, str] = ()
+    """For an object that cannot be had: (exception name in rayref.exceptions, message)."""
 
 
 @frozen
@@ -419,14 +414,6 @@ class KillActor(Message):
 
 
 @frozen
-class ActorWorkerDied(Message):
-    actor_id: str
-    worker_id: str
-    reason: str
-    intended: bool = False
-
-
-@frozen
 class Query(Message):
     """A read of the control plane's state: ``what`` is 'nodes' or 'named_actor'."""
 
@@ -454,12 +441,11 @@ class TimerFired(Message):
 
 @frozen
 class WorkerExited(Message):
-    """A worker process is gone. ``intended``: the engine asked for it (kill, idle exit)."""
+    """A worker process is gone (it crashed, or a node manager killed it)."""
 
     worker_id: str
     node_id: str
     reason: str
-    intended: bool = False
 
 
 @frozen
@@ -478,7 +464,6 @@ class TaskExecuted(Message):
     returns: tuple[Blob, ...] = ()
     retryable_error: bool = False
     cancelled: bool = False
-    exit_process: bool = False
 
 
 @frozen

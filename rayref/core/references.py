@@ -141,7 +141,7 @@ class ReferenceTable:
         """Borrowed refs this process holds that no owner knows of yet; marks them known."""
         found = []
         for ref in self.refs.values():
-            if not ref.owned and not ref.registered and ref.local > 0:
+            if not ref.owned and not ref.registered and ref.held():
                 ref.registered = True
                 found.append(p.RefInfo(object_id=ref.object_id, owner=ref.owner))
         return found

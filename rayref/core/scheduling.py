@@ -45,13 +45,14 @@ def _infeasible(request: Resources) -> Placement:
 
 
 class HybridPolicy:
-    def __init__(self, spread_threshold: float = 0.5, top_k_fraction: float = 0.2):
+    def __init__(self, spread_threshold: float = 0.5, top_k_fraction: float = 0.2, default: str = "DEFAULT"):
         self.spread_threshold = spread_threshold
         self.top_k_fraction = top_k_fraction
+        self.default = default
         self.spread = SpreadPolicy()
 
     def pick(self, request, strategy, local, nodes, rng) -> Placement:
-        if strategy.kind == "SPREAD":
+        if strategy.kind == "SPREAD" or (strategy.kind == "DEFAULT" and self.default == "SPREAD"):
             return self.spread.pick(request, strategy, local, nodes, rng)
         if strategy.kind == "NODE_AFFINITY":
             return self._affinity(request, strategy, local, nodes, rng)
@@ -121,4 +122,13 @@ class RandomPolicy(HybridPolicy):
         return Placement(pool[int(rng.random() * len(pool))].node_id, ready=bool(ready))
 
 
-POLICIES = {"hybrid": HybridPolicy, "spread": SpreadPolicy, "random": RandomPolicy}
+def make_policy(config) -> HybridPolicy:
+    """The policy ``config.scheduling_policy`` names: what the DEFAULT strategy means.
+
+    'hybrid' (Ray's), 'spread' or 'random'; SPREAD and node affinity are honoured by all.
+    """
+    name = config.scheduling_policy
+    if name not in ("hybrid", "spread", "random"):
+        raise ValueError(f"Unknown scheduling_policy {name!r}; choose 'hybrid', 'spread' or 'random'.")
+    cls = RandomPolicy if name == "random" else HybridPolicy
+    return cls(config.spread_threshold, config.top_k_fraction, default="SPREAD" if name == "spread" else "DEFAULT")

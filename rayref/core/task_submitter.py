@@ -79,9 +79,12 @@ class NormalTaskSubmitter:
         self._pump(key)
 
     def dequeue(self, task: PendingTask) -> None:
-        queue = self.keys.get(task.spec.scheduling_key())
+        key = task.spec.scheduling_key()
+        queue = self.keys.get(key)
         if queue is not None and task.spec.task_id in queue.tasks:
             queue.tasks.remove(task.spec.task_id)
+            if not queue.tasks:
+                self._cancel_lease_requests(key)
 
     def _pump(self, key: tuple) -> None:
         """Ask for leases while tasks wait (granted leases are never idle: see _next_or_return)."""
@@ -192,10 +195,8 @@ class NormalTaskSubmitter:
         if lease.key in self.keys:
             self._pump(lease.key)
 
-    def cancel_lease_requests(self, key: tuple) -> None:
-        queue = self.keys.get(key)
-        if queue is None or queue.tasks:
-            return
+    def _cancel_lease_requests(self, key: tuple) -> None:
+        queue = self.keys[key]
         for lease_id, node_id in queue.requested.items():
             self.cw.send(node_id, p.CancelLease(lease_id=lease_id))
         queue.requested.clear()
@@ -308,6 +309,12 @@ class ActorTaskSubmitter:
         ch = self.channels.get(task.spec.actor_id)
         if ch is not None and task.spec.task_id in ch.queue:
             ch.queue.remove(task.spec.task_id)
+
+    def unblock(self, actor_id: str) -> None:
+        """A call that never left (failed or cancelled while queued) must not hold up the rest."""
+        ch = self.channels.get(actor_id)
+        if ch is not None and ch.state == ChannelState.ALIVE:
+            self.pump(actor_id)
 
     def _lose_inflight(self, ch: ActorChannel, lost_if) -> None:
         lost = [tid for tid, address in ch.inflight.items() if lost_if(address)]

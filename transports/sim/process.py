@@ -96,6 +96,7 @@ class SimProcess:
         self.functions: dict = {}
         self.actor = None
         self.actor_resources: dict = {}
+        self.actor_env: dict = {}
         self.actor_restarts = 0
         self.threads: list[SimThread] = []
         self.alive = True
@@ -160,8 +161,11 @@ class SimProcess:
         self.runtime.soon(thread.resume)
 
     def _environment(self, cmd: p.ExecuteTask) -> dict | None:
+        """The job's variables, then the task's (an actor call: the actor's), then its GPUs."""
         env = dict(self.runtime.job_env)
-        env.update(cmd.spec.env_vars)
+        if cmd.spec.kind == p.TaskKind.ACTOR_CREATION:
+            self.actor_env = dict(cmd.spec.env_vars)
+        env.update(self.actor_env if cmd.spec.kind == p.TaskKind.ACTOR_TASK else cmd.spec.env_vars)
         if cmd.gpu_ids:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in cmd.gpu_ids)
         return env or None

@@ -185,7 +185,7 @@ class SimRuntime:
             elif kind is p.StartWorker:
                 self.later(self.worker_start_delay, self._start_worker, cmd.worker_id, cmd.node_id)
             elif kind is p.KillWorker:
-                self.soon(self._kill, cmd.worker_id, cmd.reason, True)
+                self.soon(self._kill, cmd.worker_id, cmd.reason)
             elif kind is p.ExitProcess:
                 self.crash(self.processes[address], cmd.reason)
             elif kind is p.InterruptTask:
@@ -212,16 +212,16 @@ class SimRuntime:
     def crash(self, process: SimProcess, reason: str) -> None:
         if process.alive:
             process.alive = False
-            self.soon(self._kill, process.address, reason, False)
+            self.soon(self._kill, process.address, reason)
 
-    def _kill(self, address: str, reason: str, intended: bool) -> None:
+    def _kill(self, address: str, reason: str) -> None:
         process = self.processes.pop(address, None)
         if process is None:
             return
         self.engines.pop(address, None)
         process.close()
         node_id = self.node_of[address]
-        msg = p.WorkerExited(worker_id=address, node_id=node_id, reason=reason, intended=intended)
+        msg = p.WorkerExited(worker_id=address, node_id=node_id, reason=reason)
         self.later(self.network.local_latency, self.deliver, address, node_id, msg)
 
     def current_thread(self):
@@ -239,7 +239,12 @@ class SimRuntime:
             self.run_until(lambda: waiter.done, waiting_for=waiter)
             return
         self.waiting[waiter] = (thread, thread_token(thread) + 1)
-        self._park(thread)
+        try:
+            self._park(thread)
+        except KeyboardInterrupt:
+            self.waiting.pop(waiter, None)
+            process.call(process.cw.abandon, waiter)
+            raise
 
     def _park(self, thread) -> None:
         thread.token = thread_token(thread) + 1

@@ -1,0 +1,176 @@
+"""Regressions: each test reproduced a bug before its fix (named in the docstring)."""
+import os
+import time
+
+import numpy as np
+import pytest
+
+import rayref
+
+BIG = 300_000  # elements; a float64 array of this size is far above the 100 KiB inline threshold
+
+
+def test_actor_constructor_argument_stays_alive(make_cluster):
+    """BOR1: refs an actor keeps from its constructor's arguments are registered as borrowed."""
+    make_cluster()
+
+    @rayref.remote
+    class Box:
+        def __init__(self, box):
+            self.box = box
+
+        def ready(self):
+            return True
+
+        def total(self):
+            return float(rayref.get(self.box[0]).sum())
+
+    x = rayref.put(np.ones(BIG))
+    box = Box.remote([x])
+    assert rayref.get(box.ready.remote())
+    del x
+    time.sleep(1)
+    assert rayref.get(box.total.remote()) == BIG
+
+
+def test_restarted_actor_gets_its_stored_constructor_argument(make_cluster):
+    """A restartable actor's creation arguments stay pinned until it can no longer restart."""
+    make_cluster()
+
+    @rayref.remote(max_restarts=1)
+    class Holder:
+        def __init__(self, array):
+            self.total = float(array.sum())
+
+        def get(self):
+            return self.total
+
+        def die(self):
+            os._exit(1)
+
+    holder = Holder.remote(np.ones(BIG))
+    assert rayref.get(holder.get.remote()) == BIG
+    with pytest.raises(rayref.exceptions.RayActorError):
+        rayref.get(holder.die.remote())
+    assert rayref.get(holder.get.remote()) == BIG
+
+
+def test_actor_calls_keep_order_when_an_early_call_has_a_large_argument(make_cluster):
+    """ORD1: executions start in arrival order, not in the order their arguments arrive."""
+    make_cluster(nodes=[{"num_cpus": 2}, {"num_cpus": 2, "resources": {"far": 1}}])
+
+    @rayref.remote(resources={"far": 1})
+    class Log:
+        def __init__(self):
+            self.seen = []
+
+        def add(self, i, payload=None):
+            self.seen.append(i)
+
+        def get(self):
+            return self.seen
+
+    log = Log.remote()
+    log.add.remote(0, np.ones(1_000_000))
+    log.add.remote(1)
+    log.add.remote(2)
+    assert rayref.get(log.get.remote()) == [0, 1, 2]
+
+
+def test_actor_queue_moves_on_after_a_call_fails_before_sending(make_cluster):
+    """A call failed by its dependency (or cancelled) while queued does not stall the calls behind it."""
+    make_cluster()
+
+    @rayref.remote
+    def boom():
+        raise KeyError("dep failed")
+
+    @rayref.remote
+    class Echo:
+        def echo(self, x):
+            return x
+
+    echo = Echo.remote()
+    rayref.get(echo.echo.remote(0))
+    failed = echo.echo.remote(boom.remote())
+    after = echo.echo.remote(7)
+    assert rayref.get(after, timeout=10) == 7
+    with pytest.raises(KeyError):
+        rayref.get(failed)
+
+
+def test_actor_methods_see_the_actors_gpus_and_environment(make_cluster):
+    make_cluster(nodes=[{"num_cpus": 2, "num_gpus": 2}])
+
+    @rayref.remote(num_gpus=1, runtime_env={"env_vars": {"WHO": "actor"}})
+    class Gpu:
+        def where(self):
+            return rayref.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("WHO")
+
+    ids, visible, who = rayref.get(Gpu.remote().where.remote())
+    assert len(ids) == 1 and visible == str(ids[0]) and who == "actor"
+
+
+def test_cancelled_blocked_task_returns_its_cpu(make_cluster):
+    """A task interrupted while blocked in get stops being counted as blocked (NM1)."""
+    cluster = make_cluster(nodes=[{"num_cpus": 2}])
+
+    @rayref.remote
+    def forever():
+        time.sleep(10**6)
+
+    @rayref.remote
+    def parent():
+        return rayref.get(forever.remote())
+
+    ref = parent.remote()
+    rayref.wait([ref], timeout=1)
+    rayref.cancel(ref, recursive=False)
+    with pytest.raises(rayref.exceptions.TaskCancelledError):
+        rayref.get(ref)
+    time.sleep(0.1)
+    assert [proc.cw.blocked for proc in cluster.runtime.processes.values()] == [0] * len(cluster.runtime.processes)
+
+    @rayref.remote
+    def quick():
+        return 1
+
+    @rayref.remote
+    def nested():
+        return rayref.get(quick.remote()) + 1
+
+    start = cluster.now
+    assert rayref.get(nested.remote()) == 2
+    assert cluster.now - start < 1
+
+
+def test_kill_with_restart_during_creation_creates_one_actor(make_cluster):
+    """Restarting an actor whose creation lease is still pending asks for one lease, not two."""
+    cluster = make_cluster(nodes=[{"num_cpus": 2}])
+
+    @rayref.remote(max_restarts=2)
+    class A:
+        def ping(self):
+            return "pong"
+
+    a = A.remote()
+    rayref.kill(a, no_restart=False)
+    assert rayref.get(a.ping.remote()) == "pong"
+    time.sleep(1)
+    nm = cluster.runtime.node_managers[cluster.nodes[0].node_id]
+    leased = [w for w in nm.workers.values() if w.state.value == "leased"]
+    assert len(leased) == 1
+
+
+def test_borrowed_ref_kept_only_inside_a_put_is_reported():
+    """BOR1: a borrowed ref a worker holds only inside an object it put is reported in its reply."""
+    from rayref.core import protocol as p
+    from rayref.core.config import EngineConfig
+    from rayref.core.core_worker import CoreWorker
+
+    cw = CoreWorker("w1", "node-1", EngineConfig())
+    borrowed = p.RefInfo(object_id="driver.p1", owner="driver")
+    cw.add_local_ref(borrowed, register=False)
+    cw.put(p.Blob(data=b"x", nbytes=1, contained=(borrowed,)))
+    cw.refs.remove_local(borrowed.object_id)
+    assert cw.refs.unregistered_borrows() == [borrowed]
