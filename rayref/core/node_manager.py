@@ -21,6 +21,7 @@ Invariants (``validate``, specs/invariants.md):
 NM1  available = total - allocations of granted and awaiting leases (blocked leases' CPUs lent).
 NM2  no lease was granted resources that were not available at the time (checked on grant).
 NM3  every LEASED worker belongs to exactly one GRANTED lease, and the reverse.
+NM4  the free capacity of the GPU instances equals the GPUs available.
 """
 from __future__ import annotations
 
@@ -393,7 +394,7 @@ class NodeManager:
     def _on_put_object(self, msg: p.PutObject) -> None:
         if msg.object_id in self.freed:
             return
-        self.store.add(msg.object_id, msg.blob, msg.owner, msg.pinned)
+        self.store.add(msg.object_id, msg.blob, msg.owner, pinned=True)
         for node in self.awaiting_put.pop(msg.object_id, ()):
             self._send(node, p.ObjectTransfer(object_id=msg.object_id, blob=msg.blob, from_node=self.node_id))
         self._serve_pull(msg.object_id, msg.blob)
@@ -467,6 +468,7 @@ class NodeManager:
                 held = lease.allocated - lease.allocated.only(("CPU",)) if lease.blocked else lease.allocated
                 allocated = allocated + held
         assert self.available == self.total - allocated, f"NM1: {self.available} != {self.total} - {allocated}"
+        assert self.gpus.total_free() == self.available.raw("GPU"), "NM4: GPU instances disagree with GPU available"
         for worker_id, record in self.workers.items():
             if record.state == WorkerState.LEASED:
                 lease = self.leases.get(record.lease_id)

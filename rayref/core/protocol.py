@@ -253,10 +253,11 @@ class LeasedWorkerDied(Message):
 
 @frozen
 class PutObject(Message):
+    """A primary copy for the node's store; it stays pinned until its owner frees it."""
+
     object_id: str
     owner: str
     blob: Blob
-    pinned: bool = True
 
 
 @frozen

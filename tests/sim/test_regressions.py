@@ -174,3 +174,25 @@ def test_borrowed_ref_kept_only_inside_a_put_is_reported():
     cw.put(p.Blob(data=b"x", nbytes=1, contained=(borrowed,)))
     cw.refs.remove_local(borrowed.object_id)
     assert cw.refs.unregistered_borrows() == [borrowed]
+
+
+def test_messages_between_two_processes_arrive_in_send_order(make_cluster):
+    """FIFO1: a small message sent after a large one does not overtake it (ORD1 relies on it)."""
+    make_cluster(nodes=[{"num_cpus": 1}, {"num_cpus": 1, "resources": {"far": 1}}])
+
+    @rayref.remote(resources={"far": 1})
+    class Log:
+        def __init__(self):
+            self.seen = []
+
+        def add(self, i, payload):
+            self.seen.append(i)
+
+        def get(self):
+            return self.seen
+
+    log = Log.remote()
+    rayref.get(log.get.remote())
+    for i in range(20):
+        log.add.remote(i, b"x" * (90_000 if i % 2 == 0 else 1))
+    assert rayref.get(log.get.remote()) == list(range(20))

@@ -62,10 +62,16 @@ def payload_bytes(msg: p.Message) -> int:
     if kind in (p.ObjectTransfer, p.ObjectLocal, p.PutObject, p.ObjectStatus):
         return msg.blob.nbytes if msg.blob is not None else 0
     if kind is p.PushTask:
-        return msg.spec.args.nbytes + sum(a.blob.nbytes for a in msg.args if a.blob is not None)
+        return _spec_bytes(msg.spec) + sum(a.blob.nbytes for a in msg.args if a.blob is not None)
+    if kind is p.RegisterActor:
+        return _spec_bytes(msg.spec) + sum(a.blob.nbytes for a in msg.args if a.blob is not None)
     if kind is p.TaskReply:
         return sum(r.blob.nbytes for r in msg.returns if r.blob is not None)
     return 0
+
+
+def _spec_bytes(spec: p.TaskSpec) -> int:
+    return spec.args.nbytes + len(spec.function)
 
 
 class SimRuntime:
