@@ -88,8 +88,12 @@ def put_value(ctx, value) -> ObjectRef:
         blob = serialization.serialize(value)
     except Exception as error:
         raise TypeError(f"put() failed: {serialization.describe_unserializable(value, error)}") from error
-    info = ctx.call(ctx.cw.put, blob)
-    return ObjectRef(info.object_id, info.owner, ctx.cw)
+    waiter = ctx.call(ctx.cw.put, blob)
+    info = waiter.value
+    ref = ObjectRef(info.object_id, info.owner, ctx.cw)
+    if not waiter.done:
+        ctx.block(waiter)
+    return ref
 
 
 def return_refs(ctx, spec: p.TaskSpec) -> list[ObjectRef]:

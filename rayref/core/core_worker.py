@@ -83,6 +83,7 @@ class CoreWorker:
             p.LeaseInfeasible: self.normal.on_infeasible,
             p.LeasedWorkerDied: self.normal.on_worker_died,
             p.ObjectLocal: self._on_object_local,
+            p.ObjectStored: self._on_object_stored,
             p.ObjectUnavailable: self._on_object_unavailable,
             p.GetObjectStatus: self._on_get_status,
             p.ObjectStatus: self._on_status,
@@ -124,15 +125,31 @@ class CoreWorker:
     def add_local_ref(self, info: p.RefInfo, register: bool = True) -> None:
         self.refs.add_local(info, register)
 
-    def put(self, blob: p.Blob, object_id: str = "") -> p.RefInfo:
+    def put(self, blob: p.Blob, object_id: str = "") -> Waiter:
+        """Own ``blob`` as a new object. Small: ready at once. Large: ready once the node stored it.
+
+        The returned waiter is done when the object is ready; its ``value`` is the RefInfo.
+        """
         self.release_dropped()
         ref = self.refs.own(object_id or self.new_id("p"))
         ref.contained = blob.contained
-        self._store(ref, blob, node_id=self.node_id if blob.nbytes > self.config.inline_threshold else "")
-        if ref.locations:
-            self.send(self.node_id, p.PutObject(object_id=ref.object_id, owner=self.address, blob=blob))
         self.refs.add_contained(blob.contained)
-        return p.RefInfo(object_id=ref.object_id, owner=self.address)
+        info = p.RefInfo(object_id=ref.object_id, owner=self.address)
+        if blob.nbytes <= self.config.inline_threshold:
+            self._store(ref, blob)
+        else:
+            ref.blob, ref.nbytes, ref.locations = blob, blob.nbytes, [self.node_id]
+            self.send(self.node_id, p.PutObject(object_id=ref.object_id, owner=self.address, blob=blob,
+                                                reply_to=self.address))
+        waiter = self._watch((info,), 1, fetch_local=False)
+        waiter.value = info
+        return waiter
+
+    def _on_object_stored(self, msg: p.ObjectStored) -> None:
+        ref = self.refs.get(msg.object_id)
+        if ref is not None and not ref.ready:
+            ref.ready = True
+            self._object_changed(ref)
 
     def _store(self, ref: Reference, blob: p.Blob | None, node_id: str = "", nbytes: int = 0) -> None:
         ref.blob = blob

@@ -393,8 +393,12 @@ class NodeManager:
 
     def _on_put_object(self, msg: p.PutObject) -> None:
         if msg.object_id in self.freed:
+            if msg.reply_to:
+                self._send(msg.reply_to, p.ObjectStored(object_id=msg.object_id))
             return
         self.store.add(msg.object_id, msg.blob, msg.owner, pinned=True)
+        if msg.reply_to:
+            self._send(msg.reply_to, p.ObjectStored(object_id=msg.object_id))
         for node in self.awaiting_put.pop(msg.object_id, ()):
             self._send(node, p.ObjectTransfer(object_id=msg.object_id, blob=msg.blob, from_node=self.node_id))
         self._serve_pull(msg.object_id, msg.blob)

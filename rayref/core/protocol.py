@@ -253,11 +253,21 @@ class LeasedWorkerDied(Message):
 
 @frozen
 class PutObject(Message):
-    """A primary copy for the node's store; it stays pinned until its owner frees it."""
+    """A primary copy for the node's store; it stays pinned until its owner frees it.
+
+    With ``reply_to`` the node answers ``ObjectStored`` once the copy is in (``put`` waits
+    for it, as Ray's put returns once the object is sealed in the store).
+    """
 
     object_id: str
     owner: str
     blob: Blob
+    reply_to: str = ""
+
+
+@frozen
+class ObjectStored(Message):
+    object_id: str
 
 
 @frozen

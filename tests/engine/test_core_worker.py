@@ -276,13 +276,27 @@ def test_retryable_error_reply_resubmits_while_retries_remain():
 # ------------------------------------------------------------------ reference counting
 
 
+def stored_put(cw, blob):
+    """Put ``blob`` and deliver the node's ObjectStored; the PutObject stays in the outbox."""
+    waiter = cw.put(blob)
+    out = cw.drain()
+    for _, put in sends_to(out, p.PutObject):
+        cw.handle(p.ObjectStored(object_id=put.object_id), 0.0)
+    cw.out.extend(out)
+    return waiter.value
+
+
 def test_dropping_the_last_ref_of_a_stored_object_frees_it_in_its_node():
     """RC1: a put larger than the inline threshold goes to the node store; the last local ref
     going away frees it there and removes it from the table."""
     cw = driver()
-    info = cw.put(value(b"big", BIG))
+    waiter = cw.put(value(b"big", BIG))
+    info = waiter.value
     [(to, put)] = sends_to(cw.drain(), p.PutObject)
     assert to == "node-1" and put.object_id == info.object_id and put.owner == DRIVER
+    assert put.reply_to == DRIVER and not waiter.done  # put waits until the node has stored it
+    cw.handle(p.ObjectStored(object_id=info.object_id), 0.0)
+    assert waiter.done
     cw.add_local_ref(info)
     cw.add_local_ref(info)
     assert drop(cw, info.object_id) == []  # one ObjectRef remains
@@ -293,7 +307,7 @@ def test_dropping_the_last_ref_of_a_stored_object_frees_it_in_its_node():
 
 def test_small_put_stays_inline_and_needs_no_free():
     cw = driver()
-    info = cw.put(value(b"small"))
+    info = cw.put(value(b"small")).value
     assert sends(cw.drain(), p.PutObject) == []
     cw.add_local_ref(info)
     assert drop(cw, info.object_id) == []
@@ -313,7 +327,7 @@ def test_stored_task_return_is_freed_in_the_node_that_holds_it():
 def test_borrower_keeps_an_object_alive_until_remove_borrower():
     """RC1: an owned object with a borrower stays in the table after the owner's last local ref."""
     cw = driver()
-    info = cw.put(value(b"big", BIG))
+    info = stored_put(cw, value(b"big", BIG))
     cw.drain()
     cw.add_local_ref(info)
     cw.handle(p.AddBorrower(object_id=info.object_id, borrower="node-2.w1"), 0.1)
@@ -330,7 +344,7 @@ def test_submitted_task_holds_its_argument_until_it_finishes():
     """RC1 via ``submitted``: dropping the ObjectRef of an argument does not free it while the
     task is pending; its reply does."""
     cw = driver()
-    info = cw.put(value(b"big", BIG))
+    info = stored_put(cw, value(b"big", BIG))
     cw.drain()
     cw.add_local_ref(info)
     s = spec("t1", dependencies=(info,))
@@ -346,7 +360,7 @@ def test_worker_still_holding_an_argument_becomes_a_borrower_through_its_reply()
     """The borrower protocol's first way: a ref reported in TaskReply.borrowed is registered
     before the task's own hold ends, so the object survives until RemoveBorrower."""
     cw = driver()
-    info = cw.put(value(b"big", BIG))
+    info = stored_put(cw, value(b"big", BIG))
     cw.drain()
     cw.add_local_ref(info)
     s = spec("t1", dependencies=(info,))
@@ -379,9 +393,9 @@ def test_contained_refs_live_as_long_as_the_outer_object():
     """RC1 (``contained_in``): an object whose value holds a ref keeps that ref's object alive,
     and only as long as it lives itself: releasing the outer object frees the inner one."""
     cw = driver()
-    inner = cw.put(value(b"inner", BIG))
+    inner = stored_put(cw, value(b"inner", BIG))
     cw.add_local_ref(inner)
-    outer = cw.put(p.Blob(data=b"outer", nbytes=5, contained=(inner,)))
+    outer = cw.put(p.Blob(data=b"outer", nbytes=5, contained=(inner,))).value
     cw.add_local_ref(outer)
     cw.drain()
     assert drop(cw, inner.object_id) == []

@@ -196,3 +196,22 @@ def test_messages_between_two_processes_arrive_in_send_order(make_cluster):
     for i in range(20):
         log.add.remote(i, b"x" * (90_000 if i % 2 == 0 else 1))
     assert rayref.get(log.get.remote()) == list(range(20))
+
+
+def test_finished_user_threads_are_not_kept_alive(make_cluster):
+    """A thread started while another finished must not take it as its parent (a growing chain)."""
+    import gc
+
+    from transports.sim.process import SimGreenlet
+
+    make_cluster()
+
+    @rayref.remote
+    class A:
+        def v(self):
+            return 1
+
+    a = A.remote()
+    assert sum(rayref.get([a.v.remote() for _ in range(2000)])) == 2000
+    gc.collect()
+    assert sum(isinstance(o, SimGreenlet) for o in gc.get_objects()) < 100

@@ -42,11 +42,18 @@ class SimThread:
         self.saved_env: dict = {}
         self.interrupted = False
         self.token = 0
-        self.greenlet = SimGreenlet(target)
-        self.greenlet.sim_thread = self
+        self.target = target
+        self.greenlet: SimGreenlet | None = None
 
     def resume(self) -> None:
-        """Switch into this thread (from the hub) until it blocks or ends."""
+        """Switch into this thread (from the hub) until it blocks or ends.
+
+        The greenlet is made here, on the hub, so the hub is its parent: made inside another
+        thread it would return there, and finished threads would pile up in a chain.
+        """
+        if self.greenlet is None:
+            self.greenlet = SimGreenlet(self.target)
+            self.greenlet.sim_thread = self
         if self.greenlet.dead:
             return
         self._enter()
@@ -56,7 +63,7 @@ class SimThread:
             self._leave()
 
     def kill(self) -> None:
-        if self.greenlet and not self.greenlet.dead and self.greenlet:
+        if self.greenlet is not None and self.greenlet and not self.greenlet.dead:
             self._enter()
             try:
                 self.greenlet.throw(greenlet.GreenletExit)
