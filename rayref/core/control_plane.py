@@ -101,8 +101,11 @@ class ControlPlane:
     # ------------------------------------------------------------------ nodes and the view
 
     def _on_register_node(self, msg: p.RegisterNode) -> None:
+        """A joining node gets the view at once; everyone else with the next broadcast."""
         self.nodes[msg.node.node_id] = msg.node
-        self._view_changed(now=True)
+        self._send(msg.node.node_id, p.ClusterView(nodes=tuple(self.nodes.values())))
+        self._view_changed()
+        self._place_unplaced()
 
     def _on_resource_report(self, msg: p.ResourceReport) -> None:
         node = self.nodes.get(msg.node_id)
@@ -112,11 +115,9 @@ class ControlPlane:
                 alive=node.alive, is_head=node.is_head, labels=node.labels)
             self._view_changed()
 
-    def _view_changed(self, now: bool = False) -> None:
+    def _view_changed(self) -> None:
         self.view_dirty = True
-        if now:
-            self._broadcast()
-        elif not self.broadcast_armed:
+        if not self.broadcast_armed:
             self.broadcast_armed = True
             self.out.append(p.StartTimer(key=("broadcast",), delay=self.config.report_period))
 

@@ -99,7 +99,7 @@ class NodeManager:
     pulls: dict[str, Pull] = field(default_factory=dict)
     awaiting_put: dict[str, list[str]] = field(default_factory=dict)
     freed: dict[str, None] = field(default_factory=dict)
-    spilled_to: dict[str, Resources] = field(default_factory=dict)
+    guesses: dict[str, p.NodeInfo] = field(default_factory=dict)
     out: list = field(default_factory=list)
     now: float = 0.0
     report_armed: bool = False
@@ -158,14 +158,9 @@ class NodeManager:
     def _nodes(self) -> list[p.NodeInfo]:
         if not self.view:
             return [self.info()]
-        nodes = [self.info() if n.node_id == self.node_id else n for n in self.view]
-        if self.spilled_to:
-            nodes = [self._minus_spilled(n) if n.node_id in self.spilled_to else n for n in nodes]
-        return nodes
-
-    def _minus_spilled(self, node: p.NodeInfo) -> p.NodeInfo:
-        """This node's guess of ``node`` after what it spilled there since the last view."""
-        return dataclasses.replace(node, available=node.available - self.spilled_to[node.node_id])
+        guesses = self.guesses
+        guesses[self.node_id] = self.info()
+        return [guesses.get(n.node_id, n) for n in self.view]
 
     # ------------------------------------------------------------------ leases
 
@@ -203,7 +198,9 @@ class NodeManager:
         self._dispatch()
 
     def _spill(self, lease: Lease, node_id: str) -> None:
-        self.spilled_to[node_id] = self.spilled_to.get(node_id, NO_RESOURCES) + lease.request.spec.resources
+        """Spill to ``node_id``, and guess that node has that much less until the next view."""
+        node = self.guesses.get(node_id) or next(n for n in self.view if n.node_id == node_id)
+        self.guesses[node_id] = dataclasses.replace(node, available=node.available - lease.request.spec.resources)
         self.queue.pop(lease.request.lease_id, None)
         del self.leases[lease.request.lease_id]
         self._send(lease.request.requester, p.LeaseSpilled(lease_id=lease.request.lease_id, node_id=node_id))
@@ -363,7 +360,7 @@ class NodeManager:
 
     def _on_cluster_view(self, msg: p.ClusterView) -> None:
         self.view = msg.nodes
-        self.spilled_to = {}
+        self.guesses = {}
         for lease_id in list(self.leases):
             lease = self.leases[lease_id]
             if lease.state == LeaseState.INFEASIBLE:

@@ -140,6 +140,11 @@ class NodeInfo:
     alive: bool = True
     is_head: bool = False
     labels: tuple[tuple[str, str], ...] = ()
+    utilization: float = field(init=False, default=0.0, compare=False)
+    """Derived: the most-used fraction of any resource (what the hybrid policy scores)."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "utilization", self.available.utilization(self.total))
 
 
 @frozen

@@ -57,7 +57,11 @@ class Resources:
 
     def fits_in(self, other: Resources) -> bool:
         """True if every amount here is available in ``other``."""
-        return all(other._raw.get(k, 0) >= v for k, v in self._raw.items())
+        have = other._raw
+        for name, amount in self._raw.items():
+            if have.get(name, 0) < amount:
+                return False
+        return True
 
     def __add__(self, other: Resources) -> Resources:
         raw = dict(self._raw)

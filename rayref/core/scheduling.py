@@ -40,6 +40,20 @@ def _feasible(request: Resources, nodes: Sequence[NodeInfo]) -> list[NodeInfo]:
     return [n for n in nodes if n.alive and request.fits_in(n.total)]
 
 
+def _split(request: Resources, nodes: Sequence[NodeInfo]) -> tuple[list[NodeInfo], list[NodeInfo]]:
+    """(nodes that could ever run the request, those of them that can run it now), one pass."""
+    feasible, ready = [], []
+    for node in nodes:
+        if not node.alive:
+            continue
+        if request.fits_in(node.available):
+            feasible.append(node)
+            ready.append(node)
+        elif request.fits_in(node.total):
+            feasible.append(node)
+    return feasible, ready
+
+
 def _infeasible(request: Resources) -> Placement:
     return Placement("", reason=f"no node in the cluster has {request.to_dict()} in total")
 
@@ -59,22 +73,22 @@ class HybridPolicy:
         return self._hybrid(request, local, nodes, rng)
 
     def _score(self, node: NodeInfo) -> float:
-        used = node.available.utilization(node.total)
+        used = node.utilization
         return 0.0 if used < self.spread_threshold else used
 
     def _hybrid(self, request, local, nodes, rng) -> Placement:
-        feasible = _feasible(request, nodes)
+        feasible, ready = _split(request, nodes)
         if not feasible:
             return _infeasible(request)
-        ready = [n for n in feasible if request.fits_in(n.available)]
         if ready:
             for node in ready:
                 if node.node_id == local and self._score(node) == 0.0:
                     return Placement(local, ready=True)
-            ranked = sorted(ready, key=self._score)
+            scored = [(self._score(n), i, n) for i, n in enumerate(ready)]
+            scored.sort()
             k = max(1, int(self.top_k_fraction * len(nodes)))
-            cutoff = self._score(ranked[min(k, len(ranked)) - 1])
-            top = [n for n in ranked if self._score(n) <= cutoff]
+            cutoff = scored[min(k, len(scored)) - 1][0]
+            top = [n for score, _, n in scored if score <= cutoff]
             return Placement(top[int(rng.random() * len(top))].node_id, ready=True)
         for node in feasible:
             if node.node_id == local:

@@ -19,6 +19,8 @@ def make_cp(*nodes: p.NodeInfo) -> ControlPlane:
     cp = ControlPlane(EngineConfig(), random.Random(0))
     for node in nodes:
         cp.handle(p.RegisterNode(node=node), 0.0)
+    if nodes:
+        cp.handle(p.TimerFired(key=("broadcast",)), 0.0)  # the start-up broadcast
     cp.validate()
     return cp
 
@@ -52,12 +54,17 @@ def create(cp: ControlPlane, s: p.TaskSpec, worker_id: str, now: float = 0.0) ->
 # ------------------------------------------------------------------ nodes and the view
 
 
-def test_register_node_broadcasts_the_view_to_every_node_at_once():
+def test_register_node_sends_the_joiner_the_view_and_broadcasts_it_once_per_period():
+    """Joining nodes are told at once; the others learn with one coalesced broadcast (linear start-up)."""
     cp = ControlPlane(EngineConfig(), random.Random(0))
     n1, n2 = node_info("node-1", {"CPU": 2}), node_info("node-2", {"CPU": 4, "GPU": 1})
     out = cp.handle(p.RegisterNode(node=n1), 0.0)
     assert sends_to(out, p.ClusterView) == [("node-1", p.ClusterView(nodes=(n1,)))]
-    out = cp.handle(p.RegisterNode(node=n2), 0.1)
+    assert of_type(out, p.StartTimer) == [p.StartTimer(key=("broadcast",), delay=cp.config.report_period)]
+    out = cp.handle(p.RegisterNode(node=n2), 0.01)
+    assert sends_to(out, p.ClusterView) == [("node-2", p.ClusterView(nodes=(n1, n2)))]
+    assert of_type(out, p.StartTimer) == []
+    out = cp.handle(p.TimerFired(key=("broadcast",)), 0.1)
     assert sorted(to for to, _ in sends_to(out, p.ClusterView)) == ["node-1", "node-2"]
     assert all(view.nodes == (n1, n2) for view in sends(out, p.ClusterView))
 

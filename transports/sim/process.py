@@ -81,7 +81,8 @@ class SimThread:
                 os.environ[key] = value
 
     def _leave(self) -> None:
-        self.random.save()
+        if not self.greenlet.dead:
+            self.random.save()
         for key, old in self.saved_env.items():
             if old is None:
                 os.environ.pop(key, None)
