@@ -13,7 +13,7 @@ from rayref.remote_function import RemoteFunction
 
 log = logging.getLogger("rayref")
 
-TRANSPORTS = ("sim",)
+TRANSPORTS = ("sim", "grpc")
 _IGNORED_INIT_OPTIONS = ("log_to_driver", "include_dashboard", "logging_level", "configure_logging",
                          "dashboard_host", "dashboard_port")
 
@@ -42,6 +42,12 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
     if resources is not None:
         opt.validate({"resources": resources}, opt.TASK_OPTIONS, "init()")
     seed = int(seed if seed is not None else os.environ.get("RAYREF_SEED", 0))
+    if kind == "grpc":
+        from transports.grpc.client import start_local
+        worker.set_transport(start_local(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                                         object_store_memory=object_store_memory, namespace=namespace or "anonymous",
+                                         job_env=(runtime_env or {}).get("env_vars")))
+        return worker.transport().context_info()
     from sim.cluster import Cluster
     if address is not None:
         log.warning("init(address=%r): the sim transport runs its own cluster in this process; address is ignored.",

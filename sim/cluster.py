@@ -77,7 +77,8 @@ class Cluster:
                         f"node:{address}": 1})
         if is_head:
             amounts["node:__internal_head__"] = 1
-        self.runtime.add_node(node_id, Resources(amounts), store, is_head, tuple(sorted((labels or {}).items())))
+        self.runtime.add_node(node_id, Resources(amounts), store, is_head, tuple(sorted((labels or {}).items())),
+                              address=address)
         node = SimNode(node_id, address, is_head)
         self.nodes.append(node)
         return node

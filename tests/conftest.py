@@ -10,7 +10,7 @@ settings.register_profile("rayref", deadline=None, max_examples=40,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.load_profile("rayref")
 
-TRANSPORTS = ["sim"]
+TRANSPORTS = ["sim", "grpc"]
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +43,9 @@ def ray_start(request):
         cluster.add_node(num_cpus=4, num_gpus=2, resources={"Custom": 2}, memory=4 * 1024**3,
                          object_store_memory=1024**3)
         cluster.connect()
+    else:
+        rayref.init(transport=request.param, num_cpus=4, num_gpus=2, resources={"Custom": 2},
+                    object_store_memory=1024**3)
     yield rayref
     rayref.shutdown()
 

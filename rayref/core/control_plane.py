@@ -63,6 +63,7 @@ class ControlPlane:
     named: dict[tuple[str, str], str] = field(default_factory=dict)
     unplaced: list[str] = field(default_factory=list)
     leases: dict[str, str] = field(default_factory=dict)
+    early_subscribers: dict[str, dict[str, None]] = field(default_factory=dict)
     out: list = field(default_factory=list)
     now: float = 0.0
     view_dirty: bool = False
@@ -150,6 +151,7 @@ class ControlPlane:
             self.named[key] = spec.actor_id
         record = ActorRecord(spec, msg.args)
         record.subscribers[spec.owner] = None
+        record.subscribers.update(self.early_subscribers.pop(spec.actor_id, {}))
         self.actors[spec.actor_id] = record
         self._publish(record)
         self._schedule(spec.actor_id)
@@ -207,11 +209,13 @@ class ControlPlane:
                                              reply_to=p.CONTROL_PLANE, args=record.args, lease_id=msg.lease_id, gpu_ids=msg.gpu_ids))
 
     def _on_creation_reply(self, msg: p.TaskReply) -> None:
-        for info in msg.borrowed:
-            self._send(info.owner, p.AddBorrower(object_id=info.object_id, borrower=msg.worker_id))
+        """The actor's owner registers what the constructor borrowed, before it can release the
+        arguments (this reply reaches it before the ALIVE that lets it, on the same stream)."""
         record = self._record_of_worker(msg.worker_id)
         if record is None:
             return
+        if msg.borrowed:
+            self._send(record.spec.owner, msg)
         failed = any(r.blob is not None and r.blob.is_error for r in msg.returns)
         if failed:
             record.death_cause = "the actor's constructor raised an exception"
@@ -279,11 +283,10 @@ class ControlPlane:
             self._send(subscriber, change)
 
     def _on_subscribe(self, msg: p.SubscribeActor) -> None:
+        """A handle can reach a borrower (and its subscription us) before the owner's registration."""
         record = self.actors.get(msg.actor_id)
         if record is None:
-            info = p.ActorInfo(actor_id=msg.actor_id, state=ActorState.DEAD.value,
-                               death_cause="the actor is unknown to the control plane")
-            self._send(msg.subscriber, p.ActorStateChanged(actor_id=msg.actor_id, info=info))
+            self.early_subscribers.setdefault(msg.actor_id, {})[msg.subscriber] = None
             return
         record.subscribers[msg.subscriber] = None
         self._send(msg.subscriber, p.ActorStateChanged(actor_id=msg.actor_id, info=record.info()))

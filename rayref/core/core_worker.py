@@ -24,6 +24,7 @@ store). Invariants: RC1-RC2 (references), CW1 every pending task's returns are o
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,7 @@ class CoreWorker:
         self.requests: dict[str, Waiter] = {}
         self.registrations: dict[str, Waiter] = {}
         self.pending_decrefs: list[str] = []
+        self.pending_increfs: deque = deque()
         self.receiver = TaskReceiver(self)
         self.blocked = 0
         self.handlers = {
@@ -117,13 +119,18 @@ class CoreWorker:
         return f"{self.address}.{kind}{self.seq}"
 
     def release_dropped(self) -> None:
+        """Apply the reference changes user threads queued: new refs first, then dropped ones."""
+        while self.pending_increfs:
+            info, register = self.pending_increfs.popleft()
+            self.refs.add_local(info, register)
         while self.pending_decrefs:
             self.refs.remove_local(self.pending_decrefs.pop())
 
     # ------------------------------------------------------------------ API: objects
 
     def add_local_ref(self, info: p.RefInfo, register: bool = True) -> None:
-        self.refs.add_local(info, register)
+        """A new ObjectRef in this process; safe from any thread (applied on the next entry)."""
+        self.pending_increfs.append((info, register))
 
     def put(self, blob: p.Blob, object_id: str = "") -> Waiter:
         """Own ``blob`` as a new object. Small: ready at once. Large: ready once the node stored it.

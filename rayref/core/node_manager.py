@@ -89,6 +89,8 @@ class NodeManager:
     object_store_memory: int
     is_head: bool = False
     labels: tuple = ()
+    address: str = ""
+    """Where the node can be reached (a transport's endpoint); the node id if empty."""
     available: Resources = NO_RESOURCES
     view: tuple[p.NodeInfo, ...] = ()
     leases: dict[str, Lease] = field(default_factory=dict)
@@ -152,7 +154,7 @@ class NodeManager:
         self.out.append(p.Send(to=to, msg=msg))
 
     def info(self) -> p.NodeInfo:
-        return p.NodeInfo(node_id=self.node_id, address=self.node_id, total=self.total,
+        return p.NodeInfo(node_id=self.node_id, address=self.address or self.node_id, total=self.total,
                           available=self.available, is_head=self.is_head, labels=self.labels)
 
     def _nodes(self) -> list[p.NodeInfo]:
@@ -453,6 +455,9 @@ class NodeManager:
 
     def _on_free_objects(self, msg: p.FreeObjects) -> None:
         for object_id in msg.object_ids:
+            pull = self.pulls.pop(object_id, None) if object_id not in self.store else None
+            for requester in pull.requesters if pull else ():
+                self._send(requester, p.ObjectUnavailable(object_id=object_id, reason="it was freed"))
             self.freed[object_id] = None
             if len(self.freed) > FREED_MEMORY:
                 del self.freed[next(iter(self.freed))]

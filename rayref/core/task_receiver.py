@@ -151,6 +151,7 @@ class TaskReceiver:
         if msg.task_id in self.exec_queue:
             self.exec_queue.remove(msg.task_id)
         self.reply(execution.push, [], cancelled=True)
+        self.start_ready()
 
     def on_arg_local(self, object_id: str, blob: p.Blob) -> None:
         for task_id in self.arg_pulls.pop(object_id, ()):

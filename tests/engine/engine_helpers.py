@@ -63,3 +63,9 @@ def sends_to(commands, kind) -> list[tuple[str, p.Message]]:
 
 def of_type(commands, kind) -> list:
     return [c for c in commands if isinstance(c, kind)]
+
+
+def hold(cw, info: p.RefInfo, register: bool = True) -> None:
+    """A new ObjectRef of ``info`` in ``cw``'s process, applied at once (as the next entry would)."""
+    cw.add_local_ref(info, register)
+    cw.release_dropped()

@@ -314,7 +314,9 @@ def test_subscribers_get_the_current_state_and_later_changes():
     assert states(out, to="node-1.w9") == [] and [i.state for i in states(out)] == ["DEAD"]
 
 
-def test_subscribe_to_an_unknown_actor_answers_dead():
+def test_subscription_before_registration_is_kept_until_the_actor_registers():
+    """A handle can reach a borrower (and its subscription the control plane) before the owner registers."""
     cp = make_cp(node_info("node-1", {"CPU": 4}))
-    [info] = states(cp.handle(p.SubscribeActor(actor_id="nope", subscriber=DRIVER), 0.0))
-    assert info.state == "DEAD" and info.actor_id == "nope"
+    assert cp.handle(p.SubscribeActor(actor_id="a1", subscriber="node-1.w9"), 0.0) == []
+    out = cp.handle(p.RegisterActor(actor_id="a1", spec=actor_spec("a1")), 0.1)
+    assert [i.state for i in states(out, to="node-1.w9")] == ["PENDING_CREATION"]

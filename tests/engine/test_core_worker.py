@@ -14,7 +14,7 @@ from rayref.core.config import EngineConfig
 from rayref.core.core_worker import CoreWorker
 from rayref.core.task_submitter import ChannelState, TaskState
 
-from engine_helpers import DRIVER, of_type, sends, sends_to, spec
+from engine_helpers import DRIVER, hold, of_type, sends, sends_to, spec
 
 BIG = EngineConfig().inline_threshold + 1
 
@@ -31,7 +31,7 @@ def submit(cw: CoreWorker, s: p.TaskSpec) -> list:
     """What the API does for ``f.remote()``: submit, then hold one ObjectRef per return."""
     cw.submit_task(s)
     for object_id in s.return_ids:
-        cw.add_local_ref(ref(object_id))
+        hold(cw, ref(object_id))
     cw.validate()
     return cw.drain()
 
@@ -297,8 +297,8 @@ def test_dropping_the_last_ref_of_a_stored_object_frees_it_in_its_node():
     assert put.reply_to == DRIVER and not waiter.done  # put waits until the node has stored it
     cw.handle(p.ObjectStored(object_id=info.object_id), 0.0)
     assert waiter.done
-    cw.add_local_ref(info)
-    cw.add_local_ref(info)
+    hold(cw, info)
+    hold(cw, info)
     assert drop(cw, info.object_id) == []  # one ObjectRef remains
     assert sends_to(drop(cw, info.object_id), p.FreeObjects) == [
         ("node-1", p.FreeObjects(object_ids=(info.object_id,)))]
@@ -309,7 +309,7 @@ def test_small_put_stays_inline_and_needs_no_free():
     cw = driver()
     info = cw.put(value(b"small")).value
     assert sends(cw.drain(), p.PutObject) == []
-    cw.add_local_ref(info)
+    hold(cw, info)
     assert drop(cw, info.object_id) == []
     assert cw.refs.get(info.object_id) is None
 
@@ -329,7 +329,7 @@ def test_borrower_keeps_an_object_alive_until_remove_borrower():
     cw = driver()
     info = stored_put(cw, value(b"big", BIG))
     cw.drain()
-    cw.add_local_ref(info)
+    hold(cw, info)
     cw.handle(p.AddBorrower(object_id=info.object_id, borrower="node-2.w1"), 0.1)
     assert drop(cw, info.object_id) == []
     entry = cw.refs.get(info.object_id)
@@ -346,7 +346,7 @@ def test_submitted_task_holds_its_argument_until_it_finishes():
     cw = driver()
     info = stored_put(cw, value(b"big", BIG))
     cw.drain()
-    cw.add_local_ref(info)
+    hold(cw, info)
     s = spec("t1", dependencies=(info,))
     request, push, _ = run_on_lease(cw, s)
     assert drop(cw, info.object_id) == []
@@ -362,7 +362,7 @@ def test_worker_still_holding_an_argument_becomes_a_borrower_through_its_reply()
     cw = driver()
     info = stored_put(cw, value(b"big", BIG))
     cw.drain()
-    cw.add_local_ref(info)
+    hold(cw, info)
     s = spec("t1", dependencies=(info,))
     run_on_lease(cw, s)
     drop(cw, info.object_id)
@@ -378,10 +378,10 @@ def test_borrower_side_registers_with_the_owner_and_reports_release():
     borrower at once; its last drop tells the owner (RemoveBorrower)."""
     worker = CoreWorker("node-2.w1", "node-2", EngineConfig())
     foreign = ref("node-1.driver.p1", owner=DRIVER)
-    worker.add_local_ref(foreign, register=True)
+    hold(worker, foreign, register=True)
     assert sends_to(worker.drain(), p.AddBorrower) == [
         (DRIVER, p.AddBorrower(object_id=foreign.object_id, borrower="node-2.w1"))]
-    worker.add_local_ref(foreign, register=True)
+    hold(worker, foreign, register=True)
     assert worker.drain() == []  # registered once
     assert drop(worker, foreign.object_id) == []
     assert sends_to(drop(worker, foreign.object_id), p.RemoveBorrower) == [
@@ -394,9 +394,9 @@ def test_contained_refs_live_as_long_as_the_outer_object():
     and only as long as it lives itself: releasing the outer object frees the inner one."""
     cw = driver()
     inner = stored_put(cw, value(b"inner", BIG))
-    cw.add_local_ref(inner)
+    hold(cw, inner)
     outer = cw.put(p.Blob(data=b"outer", nbytes=5, contained=(inner,))).value
-    cw.add_local_ref(outer)
+    hold(cw, outer)
     cw.drain()
     assert drop(cw, inner.object_id) == []
     assert cw.refs.get(inner.object_id).contained_in == 1
@@ -448,7 +448,7 @@ def test_actor_death_fails_in_flight_calls_without_retries():
     cw.create_actor(creation)
     call = spec("c0", name="A.m", kind=p.TaskKind.ACTOR_TASK, actor_id="a1", method="m")
     cw.submit_actor_task(call)
-    cw.add_local_ref(ref("c0.r0"))
+    hold(cw, ref("c0.r0"))
     alive = p.ActorInfo(actor_id="a1", state="ALIVE", address="node-1.w5", node_id="node-1")
     cw.handle(p.ActorStateChanged(actor_id="a1", info=alive), 0.1)
     waiter = cw.begin_get([ref("c0.r0")], None)
@@ -529,7 +529,7 @@ def test_get_inside_a_running_task_blocks_the_worker_and_lends_its_cpus():
     w = worker_cw()
     w.handle(p.PushTask(task_id="t1", spec=spec("t1"), reply_to=DRIVER), 0.0)
     foreign = ref("node-1.driver.p9")
-    w.add_local_ref(foreign, register=True)
+    hold(w, foreign, register=True)
     w.drain()
     waiter = w.begin_get([foreign], None)
     out = w.drain()

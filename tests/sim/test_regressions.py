@@ -171,6 +171,7 @@ def test_borrowed_ref_kept_only_inside_a_put_is_reported():
     cw = CoreWorker("w1", "node-1", EngineConfig())
     borrowed = p.RefInfo(object_id="driver.p1", owner="driver")
     cw.add_local_ref(borrowed, register=False)
+    cw.release_dropped()
     cw.put(p.Blob(data=b"x", nbytes=1, contained=(borrowed,)))
     cw.refs.remove_local(borrowed.object_id)
     assert cw.refs.unregistered_borrows() == [borrowed]
@@ -215,3 +216,74 @@ def test_finished_user_threads_are_not_kept_alive(make_cluster):
     assert sum(rayref.get([a.v.remote() for _ in range(2000)])) == 2000
     gc.collect()
     assert sum(isinstance(o, SimGreenlet) for o in gc.get_objects()) < 100
+
+
+def test_cancelling_a_queued_call_waiting_for_its_argument_lets_the_rest_run(make_cluster):
+    """ORD1/QUI1: cancelling the head of an actor's execution queue starts the calls behind it."""
+    make_cluster(nodes=[{"num_cpus": 1}, {"num_cpus": 1, "resources": {"far": 1}}])
+
+    @rayref.remote(resources={"far": 1})
+    class Echo:
+        def echo(self, x, payload=None):
+            return x
+
+    echo = Echo.remote()
+    rayref.get(echo.echo.remote(0))
+    slow = echo.echo.remote(1, np.ones(5_000_000))
+    behind = echo.echo.remote(2)
+    rayref.cancel(slow)
+    assert rayref.get(behind, timeout=30) == 2
+
+
+def test_constructor_borrow_is_registered_by_the_owner_even_over_a_slow_link():
+    """BOR1: refs a constructor keeps are registered through the actor's owner, so a slow path
+    between the control plane and the object's owner cannot let the object be freed early."""
+    from sim import Cluster, NetworkModel, SimConfig
+
+    network = NetworkModel()
+    cluster = Cluster(seed=0, network=network, sim=SimConfig(validate=True))
+    for spec in ({"num_cpus": 2}, {"num_cpus": 2, "resources": {"maker": 1}},
+                 {"num_cpus": 2, "resources": {"creator": 1}}):
+        cluster.add_node(memory=10**9, object_store_memory=10**9, **spec)
+    network.slow_link("node-0001", "node-0002", latency=2.0, bandwidth=1e9)
+    cluster.connect()
+    try:
+        @rayref.remote(resources={"maker": 1})
+        class Maker:
+            def make(self):
+                return [rayref.put(np.ones(BIG))]
+
+        @rayref.remote
+        class Box:
+            def __init__(self, box):
+                self.box = box
+
+            def ready(self):
+                return True
+
+            def total(self):
+                return float(rayref.get(self.box[0]).sum())
+
+        @rayref.remote(resources={"creator": 0.5})
+        def create(maker):
+            (inner,) = rayref.get(maker.make.remote())
+            box = Box.options(resources={"creator": 0.1}).remote([inner])
+            rayref.get(box.ready.remote())
+            return [box]
+
+        [box] = rayref.get(create.remote(Maker.remote()))
+        time.sleep(10)
+        assert rayref.get(box.total.remote()) == BIG
+    finally:
+        rayref.shutdown()
+
+
+def test_async_actor_methods_see_the_actors_environment(make_cluster):
+    make_cluster(nodes=[{"num_cpus": 2, "num_gpus": 1}])
+
+    @rayref.remote(num_gpus=1, runtime_env={"env_vars": {"WHO": "async-actor"}})
+    class Where:
+        async def env(self):
+            return os.environ.get("WHO"), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    assert rayref.get(Where.remote().env.remote()) == ("async-actor", "0")

@@ -105,6 +105,7 @@ class SimProcess:
         self.actor = None
         self.actor_resources: dict = {}
         self.actor_env: dict = {}
+        self.loop_env: dict = {}
         self.actor_restarts = 0
         self.threads: list[SimThread] = []
         self.alive = True
@@ -176,6 +177,8 @@ class SimProcess:
         env.update(self.actor_env if cmd.spec.kind == p.TaskKind.ACTOR_TASK else cmd.spec.env_vars)
         if cmd.gpu_ids:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in cmd.gpu_ids)
+        if cmd.spec.kind == p.TaskKind.ACTOR_CREATION:
+            self.loop_env = env
         return env or None
 
     def _run(self, cmd: p.ExecuteTask, task: RunningTask) -> None:
@@ -219,7 +222,7 @@ class SimProcess:
 
     def _start_loop(self) -> None:
         self.loop = VirtualLoop(self)
-        self.loop_thread = SimThread(self, self.loop.run_forever, None, dict(self.runtime.job_env) or None,
+        self.loop_thread = SimThread(self, self.loop.run_forever, None, self.loop_env or None,
                                      virtual.task_seed(self.runtime.seed, self.address, 0))
         self.threads.append(self.loop_thread)
         self.runtime.soon(self.loop_thread.resume)

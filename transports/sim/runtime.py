@@ -106,11 +106,12 @@ class SimRuntime:
     # ------------------------------------------------------------------ building the world
 
     def add_node(self, node_id: str, total: Resources, object_store_memory: int, is_head: bool,
-                 labels: tuple = ()) -> NodeManager:
+                 labels: tuple = (), address: str = "") -> NodeManager:
         if not self.node_managers:
             self.node_of[p.CONTROL_PLANE] = node_id
         nm = NodeManager(node_id=node_id, total=total, config=self.config, rng=self.rng,
-                         object_store_memory=object_store_memory, is_head=is_head, labels=labels)
+                         object_store_memory=object_store_memory, is_head=is_head, labels=labels,
+                         address=address)
         self.node_managers[node_id] = nm
         self.engines[node_id] = nm
         self.node_of[node_id] = node_id

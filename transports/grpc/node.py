@@ -1,0 +1,262 @@
+"""A node process: the node manager (and, on the head, the control plane) behind a gRPC server.
+
+The node is also the router of its machine: its workers and drivers attach to it with one
+stream each, and every envelope is routed by its receiver's address. ``control-plane`` lives
+on the head; a node id is a node; ``<node id>.<rest>`` is a process attached to that node.
+Envelopes for other nodes go over one outgoing stream per peer node.
+
+Worker processes are started here (``StartWorker``) and killed here (``KillWorker``); a
+worker whose stream ends has exited, and the node manager hears ``WorkerExited``. Killing a
+node process kills its workers: they are in its process group and leave when their stream
+ends.
+
+    python -m transports.grpc.node --session DIR [--head | --head-address HOST:PORT] [--num-cpus N] ...
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+
+from rayref.core import protocol as p
+from rayref.core.config import EngineConfig
+from rayref.core.control_plane import ControlPlane
+from rayref.core.node_manager import NodeManager
+from rayref.core.resources import Resources
+from transports.grpc import wire
+
+log = logging.getLogger("rayref.node")
+
+
+class NodeServer:
+    def __init__(self, *, node_id: str, session: str, token: str, total: Resources, store_bytes: int,
+                 head_id: str = "", head_endpoint: str = "", config: EngineConfig | None = None):
+        self.node_id = node_id
+        self.session = session
+        self.token = token
+        self.total = total
+        self.store_bytes = store_bytes
+        self.is_head = not head_endpoint
+        self.head_id = head_id or node_id
+        self.head_endpoint = head_endpoint
+        self.config = config or EngineConfig()
+        self.cp = ControlPlane(self.config, random.Random()) if self.is_head else None
+        self.nm: NodeManager | None = None
+        self.attached: dict[str, asyncio.Queue] = {}
+        self.peers: dict[str, asyncio.Queue] = {}
+        self.workers: dict[str, subprocess.Popen] = {}
+        self.endpoint = ""
+
+    # ------------------------------------------------------------------ start and stop
+
+    async def serve(self, port: int) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.stopped = asyncio.Event()
+        server = grpc.aio.server(options=[("grpc.max_send_message_length", -1),
+                                          ("grpc.max_receive_message_length", -1)])
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(wire.SERVICE, {
+            "Attach": grpc.stream_stream_rpc_method_handler(
+                self.attach, request_deserializer=wire.identity, response_serializer=wire.identity),
+            "Send": grpc.stream_unary_rpc_method_handler(
+                self.receive, request_deserializer=wire.identity, response_serializer=wire.identity),
+        }),))
+        port = server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        self.endpoint = f"127.0.0.1:{port}"
+        if self.is_head:
+            self.head_endpoint = self.endpoint
+        self.nm = NodeManager(node_id=self.node_id, total=self.total, config=self.config, rng=random.Random(),
+                              object_store_memory=self.store_bytes, is_head=self.is_head, address=self.endpoint)
+        self.execute(self.node_id, self.nm.start())
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.stopped.set)
+        self._announce()
+        await self.stopped.wait()
+        self.stop_workers()
+        await server.stop(0.2)
+
+    def _announce(self) -> None:
+        name = "head.json" if self.is_head else f"node-{self.node_id}.json"
+        path = os.path.join(self.session, name)
+        with open(path + ".tmp", "w") as f:
+            json.dump({"node_id": self.node_id, "endpoint": self.endpoint, "pid": os.getpid()}, f)
+        os.replace(path + ".tmp", path)
+
+    def stop_workers(self) -> None:
+        for popen in self.workers.values():
+            if popen.poll() is None:
+                popen.kill()
+        for popen in self.workers.values():
+            popen.wait()
+
+    # ------------------------------------------------------------------ routing
+
+    def node_of(self, address: str) -> str:
+        return self.head_id if address == p.CONTROL_PLANE else address.split(".", 1)[0]
+
+    def route(self, src: str, to: str, msg: p.Message) -> None:
+        node = self.node_of(to)
+        if node == self.node_id:
+            self.deliver(src, to, msg)
+        else:
+            self.peer(node).put_nowait(wire.encode(src, to, msg))
+
+    def deliver(self, src: str, to: str, msg: p.Message) -> None:
+        engine = self.nm if to == self.node_id else self.cp if to == p.CONTROL_PLANE else None
+        if engine is not None:
+            self.execute(to, engine.handle(msg, time.monotonic()))
+            return
+        queue = self.attached.get(to)
+        if queue is not None:
+            queue.put_nowait(wire.encode(src, to, msg))
+        elif not isinstance(msg, p.PeerUnreachable):
+            self.route(to, src, p.PeerUnreachable(to=to, original=msg))
+
+    def execute(self, address: str, commands) -> None:
+        for cmd in commands:
+            kind = type(cmd)
+            if kind is p.Send:
+                self.route(address, cmd.to, cmd.msg)
+            elif kind is p.StartTimer:
+                self.loop.call_later(cmd.delay, self.deliver, address, address, p.TimerFired(key=cmd.key))
+            elif kind is p.StartWorker:
+                self.spawn(cmd.worker_id)
+            elif kind is p.KillWorker:
+                popen = self.workers.get(cmd.worker_id)
+                if popen is not None and popen.poll() is None:
+                    popen.kill()
+            elif kind is p.Log:
+                log.warning(cmd.text)
+            else:
+                raise TypeError(f"a node does not carry out {cmd!r}")
+
+    def endpoint_of(self, node_id: str) -> str:
+        if node_id == self.head_id:
+            return self.head_endpoint
+        views = [self.cp.nodes.values()] if self.cp else []
+        views.append(self.nm.view)
+        for view in views:
+            for node in view:
+                if node.node_id == node_id:
+                    return node.address
+        raise KeyError(node_id)
+
+    def peer(self, node_id: str) -> asyncio.Queue:
+        queue = self.peers.get(node_id)
+        if queue is None:
+            queue = self.peers[node_id] = asyncio.Queue()
+            asyncio.ensure_future(self._stream_to(node_id, queue))
+        return queue
+
+    async def _stream_to(self, node_id: str, queue: asyncio.Queue) -> None:
+        async def envelopes():
+            while True:
+                yield await queue.get()
+
+        try:
+            async with wire.channel(self.endpoint_of(node_id)) as channel:
+                send = channel.stream_unary(wire.SEND, request_serializer=wire.identity,
+                                            response_deserializer=wire.identity)
+                await send(envelopes(), metadata=wire.metadata(self.token))
+        except (grpc.aio.AioRpcError, KeyError) as error:
+            log.warning("lost the stream to node %s: %s", node_id, error)
+            self.peers.pop(node_id, None)
+
+    # ------------------------------------------------------------------ the gRPC methods
+
+    async def receive(self, request_iterator, context):
+        await wire.check_token(context, self.token)
+        async for data in request_iterator:
+            self.route(*wire.decode(data))
+        return b""
+
+    async def attach(self, request_iterator, context):
+        await wire.check_token(context, self.token)
+        address, _, _ = wire.decode(await request_iterator.__anext__())
+        queue = self.attached[address] = asyncio.Queue()
+        reader = asyncio.ensure_future(self._read(request_iterator))
+        if address in self.workers:
+            self.deliver(address, self.node_id, p.WorkerRegistered(worker_id=address, node_id=self.node_id))
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    break
+                yield getter.result()
+        finally:
+            self.attached.pop(address, None)
+            self._detached(address)
+
+    async def _read(self, request_iterator) -> None:
+        try:
+            async for data in request_iterator:
+                self.route(*wire.decode(data))
+        except grpc.aio.AioRpcError:
+            pass
+
+    def _detached(self, address: str) -> None:
+        popen = self.workers.pop(address, None)
+        if popen is None:
+            return
+        if popen.poll() is None:
+            popen.kill()
+        code = popen.wait()
+        reason = f"the worker process exited with code {code}" if code >= 0 else f"killed by signal {-code}"
+        self.deliver(address, self.node_id, p.WorkerExited(worker_id=address, node_id=self.node_id, reason=reason))
+
+    def spawn(self, worker_id: str) -> None:
+        cmd = [sys.executable, "-m", "transports.grpc.worker", "--node", self.endpoint, "--node-id", self.node_id,
+               "--worker-id", worker_id, "--session", self.session]
+        self.workers[worker_id] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+
+
+def read_token(session: str) -> str:
+    with open(os.path.join(session, "token")) as f:
+        return f.read().strip()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="a rayref node process")
+    parser.add_argument("--session", required=True)
+    parser.add_argument("--head-address", default="")
+    parser.add_argument("--head-id", default="")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--num-cpus", type=float, default=os.cpu_count() or 1)
+    parser.add_argument("--num-gpus", type=float, default=0)
+    parser.add_argument("--resources", default="{}")
+    parser.add_argument("--memory", type=int, default=0)
+    parser.add_argument("--object-store-memory", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="(node) %(message)s")
+    node_id = "n" + secrets.token_hex(4)
+    store = args.object_store_memory or int(_host_memory() * 0.3)
+    amounts = dict(json.loads(args.resources))
+    amounts.update({"CPU": args.num_cpus, "GPU": args.num_gpus, "object_store_memory": store,
+                    "memory": args.memory or max(0, int(_host_memory() * 0.7) - store),
+                    "node:127.0.0.1": 1})
+    if not args.head_address:
+        amounts["node:__internal_head__"] = 1
+    server = NodeServer(node_id=node_id, session=args.session, token=read_token(args.session),
+                        total=Resources(amounts), store_bytes=store, head_id=args.head_id,
+                        head_endpoint=args.head_address)
+    asyncio.run(server.serve(args.port))
+
+
+def _host_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""What travels between processes: envelopes of (sender, receiver, message), and the token.
+
+The codec is pickle (protocol 5) of the protocol dataclasses; the engine never sees it. Pickles
+are code, so every call carries the cluster's token in its metadata and a process that does
+not present it is refused before anything is unpickled.
+
+Two methods on one generic gRPC service, no generated code:
+
+``Attach``  a local process (worker or driver) opens one bidirectional stream to its node;
+            its first envelope names it; then each side streams envelopes for the other.
+``Send``    a node streams envelopes to another node (client stream).
+"""
+from __future__ import annotations
+
+import pickle
+
+import grpc
+
+SERVICE = "rayref.Node"
+ATTACH = f"/{SERVICE}/Attach"
+SEND = f"/{SERVICE}/Send"
+TOKEN_KEY = "rayref-token"
+
+
+def encode(src: str, to: str, msg) -> bytes:
+    return pickle.dumps((src, to, msg), protocol=5)
+
+
+def decode(data: bytes):
+    return pickle.loads(data)
+
+
+def identity(data: bytes) -> bytes:
+    return data
+
+
+def metadata(token: str) -> tuple:
+    return ((TOKEN_KEY, token),)
+
+
+async def check_token(context, token: str) -> None:
+    presented = dict(context.invocation_metadata()).get(TOKEN_KEY)
+    if presented != token:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                            "rayref: missing or wrong cluster token; pass the token of this cluster "
+                            "(its session directory's 'token' file) to connect.")
+
+
+def channel(endpoint: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(endpoint, options=[("grpc.max_send_message_length", -1),
+                                                        ("grpc.max_receive_message_length", -1)])
