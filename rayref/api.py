@@ -33,7 +33,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
             return worker.transport().context_info()
         raise RuntimeError("Maybe you called ray.init twice by accident? This error can be suppressed by passing "
                            "in 'ignore_reinit_error=True' or by calling 'ray.shutdown()' prior to 'ray.init()'.")
-    kind = transport or os.environ.get("RAYREF_TRANSPORT") or "sim"
+    address = address or os.environ.get("RAYREF_ADDRESS") or None
+    kind = transport or os.environ.get("RAYREF_TRANSPORT") or ("grpc" if address else "sim")
     if kind not in TRANSPORTS:
         raise ValueError(f"Unknown transport {kind!r}; choose one of {TRANSPORTS} (argument transport= or "
                          f"environment variable RAYREF_TRANSPORT).")
@@ -42,6 +43,11 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
     if resources is not None:
         opt.validate({"resources": resources}, opt.TASK_OPTIONS, "init()")
     seed = int(seed if seed is not None else os.environ.get("RAYREF_SEED", 0))
+    if kind == "grpc" and address:
+        from transports.grpc.client import connect
+        worker.set_transport(connect(address, namespace=namespace or "anonymous",
+                                     job_env=(runtime_env or {}).get("env_vars")))
+        return worker.transport().context_info()
     if kind == "grpc":
         from transports.grpc.client import start_local
         worker.set_transport(start_local(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,

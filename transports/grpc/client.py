@@ -1,37 +1,33 @@
-"""The driver's side of the gRPC transport: start a local cluster, attach, shut it down.
+"""The driver's side of the gRPC transport: start or find a cluster, attach, detach.
 
-``start_local`` makes a session directory (mode 0700) holding the cluster's token (mode
-0600), starts a head node process in its own process group, waits for it to announce its
-endpoint, and attaches this process as a driver. ``shutdown`` detaches and, if this driver
-started the cluster, kills the head's whole process group and removes the session directory.
+``start_local`` makes a new session (see ``session``), starts its head node and attaches this
+process as a driver; ``shutdown`` then stops the whole cluster. ``connect`` attaches to a
+running cluster (``address="auto"``: the newest session on this machine; ``"HOST:PORT"``: the
+session whose head serves there, or the token in ``RAYREF_TOKEN``); ``shutdown`` then only
+detaches.
 """
 from __future__ import annotations
 
 import asyncio
 import atexit
-import json
 import os
 import secrets
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import threading
-import time
 
+import grpc
+
+from transports.grpc import wire
 from transports.grpc.host import ProcessHost
-
-real_monotonic = time.monotonic
+from transports.grpc.session import Session
 
 
 class GrpcTransport:
     kind = "grpc"
 
-    def __init__(self, host: ProcessHost, session: str, head: subprocess.Popen | None):
+    def __init__(self, host: ProcessHost, session: Session | None, owns_cluster: bool):
         self.host = host
         self.session = session
-        self.head = head
+        self.owns_cluster = owns_cluster
         self.closed = False
         atexit.register(self.shutdown)
 
@@ -39,66 +35,103 @@ class GrpcTransport:
         return self.host
 
     def context_info(self) -> dict:
-        return {"transport": "grpc", "address": self.host.endpoint, "session": self.session,
-                "node_id": self.host.cw.node_id}
+        return {"transport": "grpc", "address": self.host.endpoint, "node_id": self.host.cw.node_id,
+                "session": self.session.path if self.session else ""}
+
+    def add_node(self, **resources) -> dict:
+        """Start one more node process on this machine, joining this cluster (tests, examples)."""
+        if self.session is None:
+            raise RuntimeError("add_node() needs a cluster this driver started (rayref.init(transport='grpc')).")
+        return self.session.start_node(head=self.session.head(), owner_pid=os.getpid() if self.owns_cluster else 0,
+                                       **resources)
 
     def shutdown(self) -> None:
         if self.closed:
             return
         self.closed = True
-        loop = getattr(self.host, "loop", None)
-        if loop is not None and loop.is_running():
-            loop.call_soon_threadsafe(loop.stop)
-        if self.head is not None:
-            try:
-                os.killpg(self.head.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.head.wait()
-            shutil.rmtree(self.session, ignore_errors=True)
+        _detach(self.host)
+        if self.owns_cluster and self.session is not None:
+            self.session.stop()
 
 
 def start_local(*, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None, namespace="",
-                job_env=None, timeout: float = 30.0) -> GrpcTransport:
-    session = tempfile.mkdtemp(prefix="rayref-session-")
-    token = secrets.token_hex(32)
-    fd = os.open(os.path.join(session, "token"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token)
-    cmd = [sys.executable, "-m", "transports.grpc.node", "--session", session,
-           "--num-cpus", str(num_cpus if num_cpus is not None else (os.cpu_count() or 1)),
-           "--num-gpus", str(num_gpus or 0), "--resources", json.dumps(resources or {})]
-    if object_store_memory:
-        cmd += ["--object-store-memory", str(int(object_store_memory))]
-    head = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL)
-    info = _wait_for(os.path.join(session, "head.json"), head, timeout)
-    host = ProcessHost(f"{info['node_id']}.d{os.getpid()}", info["node_id"], info["endpoint"], token,
-                       is_driver=True, namespace=namespace, job_env=job_env)
-    _attach_in_thread(host)
-    return GrpcTransport(host, session, head)
+                job_env=None) -> GrpcTransport:
+    session = Session.create()
+    try:
+        head = session.start_node(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                                  object_store_memory=object_store_memory, owner_pid=os.getpid())
+    except BaseException:
+        session.stop()
+        raise
+    host = _attach(head, session.token, namespace, job_env)
+    return GrpcTransport(host, session, owns_cluster=True)
 
 
-def _wait_for(path: str, head: subprocess.Popen, timeout: float) -> dict:
-    deadline = real_monotonic() + timeout
-    while not os.path.exists(path):
-        if head.poll() is not None:
-            raise RuntimeError(f"The rayref head process exited with code {head.returncode} before it started.")
-        if real_monotonic() > deadline:
-            os.killpg(head.pid, signal.SIGKILL)
-            raise TimeoutError(f"The rayref head did not start within {timeout} s.")
-        time.sleep(0.01)
-    with open(path) as f:
-        return json.load(f)
+def connect(address: str, *, namespace="", job_env=None) -> GrpcTransport:
+    session = Session.latest() if address == "auto" else Session.for_address(address)
+    if session is not None:
+        head, token = session.head(), session.token
+    elif address != "auto" and os.environ.get("RAYREF_TOKEN"):
+        head, token = {"endpoint": address, "node_id": ""}, os.environ["RAYREF_TOKEN"]
+    else:
+        where = "on this machine" if address == "auto" else f"at {address}"
+        raise ConnectionError(f"No rayref cluster found {where}. Start one with `rayref start --head`, or pass "
+                              f"the address it printed; for a cluster started elsewhere set RAYREF_TOKEN to its "
+                              f"token.")
+    _check_reachable(head["endpoint"])
+    if not head["node_id"]:
+        raise ConnectionError(f"Connecting to {address} without its session on this machine is not supported yet.")
+    return GrpcTransport(_attach(head, token, namespace, job_env), session, owns_cluster=False)
 
 
-def _attach_in_thread(host: ProcessHost) -> None:
+def _check_reachable(endpoint: str, timeout: float = 5.0) -> None:
+    async def probe() -> None:
+        async with wire.channel(endpoint) as channel:
+            await asyncio.wait_for(channel.channel_ready(), timeout)
+
+    try:
+        asyncio.run(probe())
+    except (asyncio.TimeoutError, grpc.aio.AioRpcError, OSError) as error:
+        raise ConnectionError(f"Could not reach a rayref cluster at {endpoint} within {timeout} s "
+                              f"({type(error).__name__}). Is it running? `rayref status` shows the local one.") from None
+
+
+def _attach(head: dict, token: str, namespace: str, job_env) -> ProcessHost:
+    address = f"{head['node_id']}.d{os.getpid()}x{secrets.token_hex(2)}"
+    host = ProcessHost(address, head["node_id"], head["endpoint"], token, is_driver=True,
+                       namespace=namespace, job_env=job_env)
     ready = threading.Event()
+
+    failure: list = []
 
     def run() -> None:
         loop = asyncio.new_event_loop()
-        loop.run_until_complete(host.attach())
+        try:
+            loop.run_until_complete(host.attach())
+        except ConnectionError as error:
+            failure.append(error)
+            ready.set()
+            return
         ready.set()
         loop.run_forever()
+        tasks = asyncio.all_tasks(loop)
+        for task in tasks:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.run_until_complete(host.channel.close())
+        loop.close()
 
-    threading.Thread(target=run, name="rayref-driver-loop", daemon=True).start()
-    ready.wait(10)
+    host.loop_runner = threading.Thread(target=run, name="rayref-driver-loop", daemon=True)
+    host.loop_runner.start()
+    if not ready.wait(10):
+        raise ConnectionError(f"Could not attach to the rayref node at {head['endpoint']} within 10 s.")
+    if failure:
+        raise failure[0]
+    return host
+
+
+def _detach(host: ProcessHost) -> None:
+    loop = getattr(host, "loop", None)
+    if loop is not None and loop.is_running():
+        loop.call_soon_threadsafe(loop.stop)
+        host.loop_runner.join(5)

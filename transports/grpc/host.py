@@ -17,6 +17,8 @@ import os
 import threading
 import time
 
+import grpc
+
 from rayref._private import executor
 from rayref.core import protocol as p
 from rayref.core.config import EngineConfig
@@ -66,11 +68,16 @@ class ProcessHost:
                 yield await self.outbox.get()
 
         self.stream = call(outgoing(), metadata=wire.metadata(self.token))
+        try:
+            await self.stream.read()
+        except grpc.aio.AioRpcError as error:
+            raise ConnectionError(f"The rayref node at {self.endpoint} refused this process: "
+                                  f"{error.details() or error.code().name}") from None
         self.reader = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
         try:
-            async for data in self.stream:
+            while (data := await self.stream.read()) is not grpc.aio.EOF:
                 _, _, msg = wire.decode(data)
                 self.on_message(msg)
         except Exception as error:  # noqa: BLE001 - the node went away or refused us; we are detached

@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,7 +41,11 @@ log = logging.getLogger("rayref.node")
 
 class NodeServer:
     def __init__(self, *, node_id: str, session: str, token: str, total: Resources, store_bytes: int,
-                 head_id: str = "", head_endpoint: str = "", config: EngineConfig | None = None):
+                 head_id: str = "", head_endpoint: str = "", config: EngineConfig | None = None,
+                 announce: str = "head.json", host: str = "127.0.0.1", owner_pid: int = 0):
+        self.owner_pid = owner_pid
+        self.announce = announce
+        self.host = host
         self.node_id = node_id
         self.session = session
         self.token = token
@@ -70,9 +75,9 @@ class NodeServer:
             "Send": grpc.stream_unary_rpc_method_handler(
                 self.receive, request_deserializer=wire.identity, response_serializer=wire.identity),
         }),))
-        port = server.add_insecure_port(f"127.0.0.1:{port}")
+        port = server.add_insecure_port(f"{self.host}:{port}")
         await server.start()
-        self.endpoint = f"127.0.0.1:{port}"
+        self.endpoint = f"{self.host}:{port}"
         if self.is_head:
             self.head_endpoint = self.endpoint
         self.nm = NodeManager(node_id=self.node_id, total=self.total, config=self.config, rng=random.Random(),
@@ -81,13 +86,26 @@ class NodeServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stopped.set)
         self._announce()
+        if self.owner_pid:
+            asyncio.ensure_future(self._watch_owner())
         await self.stopped.wait()
         self.stop_workers()
         await server.stop(0.2)
+        if self.owner_pid:
+            shutil.rmtree(self.session, ignore_errors=True)
+
+    async def _watch_owner(self) -> None:
+        """A cluster started by a driver ends with that driver, even one killed with SIGKILL."""
+        while True:
+            try:
+                os.kill(self.owner_pid, 0)
+            except ProcessLookupError:
+                self.stopped.set()
+                return
+            await asyncio.sleep(0.5)
 
     def _announce(self) -> None:
-        name = "head.json" if self.is_head else f"node-{self.node_id}.json"
-        path = os.path.join(self.session, name)
+        path = os.path.join(self.session, self.announce)
         with open(path + ".tmp", "w") as f:
             json.dump({"node_id": self.node_id, "endpoint": self.endpoint, "pid": os.getpid()}, f)
         os.replace(path + ".tmp", path)
@@ -188,6 +206,7 @@ class NodeServer:
         if address in self.workers:
             self.deliver(address, self.node_id, p.WorkerRegistered(worker_id=address, node_id=self.node_id))
         try:
+            yield wire.encode(self.node_id, address, "attached")
             while True:
                 getter = asyncio.ensure_future(queue.get())
                 done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
@@ -196,7 +215,8 @@ class NodeServer:
                     break
                 yield getter.result()
         finally:
-            self.attached.pop(address, None)
+            if self.attached.get(address) is queue:
+                del self.attached[address]
             self._detached(address)
 
     async def _read(self, request_iterator) -> None:
@@ -233,6 +253,9 @@ def main(argv=None) -> None:
     parser.add_argument("--head-address", default="")
     parser.add_argument("--head-id", default="")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--announce", default="head.json")
+    parser.add_argument("--owner-pid", type=int, default=0, help="stop when this process is gone")
     parser.add_argument("--num-cpus", type=float, default=os.cpu_count() or 1)
     parser.add_argument("--num-gpus", type=float, default=0)
     parser.add_argument("--resources", default="{}")
@@ -245,12 +268,13 @@ def main(argv=None) -> None:
     amounts = dict(json.loads(args.resources))
     amounts.update({"CPU": args.num_cpus, "GPU": args.num_gpus, "object_store_memory": store,
                     "memory": args.memory or max(0, int(_host_memory() * 0.7) - store),
-                    "node:127.0.0.1": 1})
+                    f"node:{args.host}": 1})
     if not args.head_address:
         amounts["node:__internal_head__"] = 1
     server = NodeServer(node_id=node_id, session=args.session, token=read_token(args.session),
                         total=Resources(amounts), store_bytes=store, head_id=args.head_id,
-                        head_endpoint=args.head_address)
+                        head_endpoint=args.head_address, announce=args.announce, host=args.host,
+                        owner_pid=args.owner_pid)
     asyncio.run(server.serve(args.port))
 
 

@@ -1,0 +1,158 @@
+"""The gRPC transport as real processes: CLI, several nodes on loopback, token, kills, leaks."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import rayref
+from rayref._private import worker
+from rayref.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from grpc_helpers import processes_of
+
+real_monotonic = time.monotonic
+pytestmark = pytest.mark.timeout(120)
+
+
+def _eventually(check, timeout=15.0, what="the condition"):
+    deadline = real_monotonic() + timeout
+    while not check():
+        if real_monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout} s")
+        time.sleep(0.05)
+
+
+def _cli(*args, timeout=60):
+    done = subprocess.run([sys.executable, "-m", "rayref.scripts", *args], capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_cli_start_status_stop():
+    out = _cli("start", "--head", "--num-cpus", "1")
+    address = out.split("head node at ")[1].split(" ")[0]
+    assert address.startswith("127.0.0.1:")
+    _cli("start", f"--address={address}", "--num-cpus", "2", "--resources", '{"TPU": 3}')
+    status = _cli("status")
+    assert "2 node(s)" in status and "TPU: 0 / 3" in status and "CPU: 0 / 3" in status
+    from transports.grpc.session import Session
+    session = Session.latest()
+    assert processes_of(session.path)
+    assert "Stopped" in _cli("stop")
+    assert processes_of(session.path) == [] and not os.path.exists(session.path)
+    assert "No rayref cluster" in _cli("stop")
+
+
+def test_three_nodes_on_loopback():
+    """Spillback, SPREAD, node affinity, custom resources, objects between nodes, nodes()."""
+    rayref.init(transport="grpc", num_cpus=2)
+    transport = worker.transport()
+    b = transport.add_node(num_cpus=2, resources={"B": 1})
+    c = transport.add_node(num_cpus=2, resources={"C": 1})
+    _eventually(lambda: len(rayref.nodes()) == 3, what="three nodes registered")
+    nodes = rayref.nodes()
+    assert sum(n["IsHead"] for n in nodes) == 1 and all(n["Alive"] for n in nodes)
+
+    @rayref.remote
+    def where(pause=0.0):
+        time.sleep(pause)
+        return rayref.get_runtime_context().get_node_id()
+
+    assert rayref.get(where.options(resources={"B": 1}).remote()) == b["node_id"]
+    pinned = where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(c["node_id"], soft=False))
+    assert set(rayref.get([pinned.remote() for _ in range(3)])) == {c["node_id"]}
+    time.sleep(0.5)
+    spread = rayref.get([where.options(scheduling_strategy="SPREAD").remote(0.5) for _ in range(6)])
+    assert len(set(spread)) == 3
+    spilled = rayref.get([where.remote(1.0) for _ in range(6)])
+    assert len(set(spilled)) >= 2
+
+    @rayref.remote(resources={"B": 1})
+    def make():
+        return np.arange(1_000_000, dtype=np.float64)
+
+    @rayref.remote(resources={"C": 1})
+    def total(array):
+        return float(array.sum()), rayref.get_runtime_context().get_node_id()
+
+    ref = make.remote()
+    assert rayref.get(total.remote(ref)) == (float(np.arange(1_000_000).sum()), c["node_id"])
+    assert rayref.get(ref)[-1] == 999_999.0
+
+
+def test_wrong_or_missing_token_is_refused():
+    rayref.init(transport="grpc", num_cpus=1)
+    from transports.grpc.client import _attach
+    head = worker.transport().session.head()
+    for token in ("", "0" * 64):
+        with pytest.raises(ConnectionError, match="refused this process: .*token"):
+            _attach(head, token, "x", None)
+    assert rayref.get(rayref.put(5)) == 5
+
+
+def test_sigkill_of_a_worker_mid_task_is_retried(tmp_path):
+    rayref.init(transport="grpc", num_cpus=1)
+    marker = tmp_path / "pid"
+
+    @rayref.remote(max_retries=2)
+    def slow(path):
+        if not os.path.exists(path):
+            with open(path, "w") as f:
+                f.write(str(os.getpid()))
+            time.sleep(60)
+        return os.getpid()
+
+    ref = slow.remote(str(marker))
+    _eventually(lambda: marker.exists() and marker.read_text(), what="the task started")
+    first = int(marker.read_text())
+    os.kill(first, signal.SIGKILL)
+    assert rayref.get(ref, timeout=60) != first
+
+
+def test_shutdown_leaves_no_process_or_port():
+    info = rayref.init(transport="grpc", num_cpus=2)
+    assert rayref.get(rayref.remote(lambda: 1).remote()) == 1
+    assert processes_of(info["session"])
+    rayref.shutdown()
+    assert processes_of(info["session"]) == [] and not os.path.exists(info["session"])
+    with pytest.raises(ConnectionError, match="Could not reach"):
+        from transports.grpc.client import _check_reachable
+        _check_reachable(info["address"], timeout=1.0)
+
+
+def test_driver_killed_with_sigkill_leaves_nothing(tmp_path):
+    script = textwrap.dedent("""
+        import sys, time
+        import rayref
+        info = rayref.init(transport="grpc", num_cpus=1)
+        rayref.get(rayref.remote(lambda: 1).remote())
+        print(info["session"], flush=True)
+        time.sleep(120)
+    """)
+    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "RAYREF_SESSION_ROOT": str(tmp_path / "sessions")})
+    try:
+        session = driver.stdout.readline().strip()
+        assert session and processes_of(session)
+        driver.kill()
+        driver.wait(10)
+        _eventually(lambda: processes_of(session) == [] and not os.path.exists(session), timeout=20,
+                    what="the cluster of a killed driver stopping")
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+
+
+def test_dead_address_is_a_clear_error(monkeypatch):
+    with pytest.raises(ConnectionError, match="No rayref cluster found at 127.0.0.1:9"):
+        rayref.init(address="127.0.0.1:9")
+    monkeypatch.setenv("RAYREF_TOKEN", "0" * 64)
+    with pytest.raises(ConnectionError, match="Could not reach a rayref cluster at 127.0.0.1:9"):
+        rayref.init(address="127.0.0.1:9")
+    assert not rayref.is_initialized()
