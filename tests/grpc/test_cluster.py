@@ -156,3 +156,19 @@ def test_dead_address_is_a_clear_error(monkeypatch):
     with pytest.raises(ConnectionError, match="Could not reach a rayref cluster at 127.0.0.1:9"):
         rayref.init(address="127.0.0.1:9")
     assert not rayref.is_initialized()
+
+
+def test_gpus_detected_from_cuda_visible_devices_and_mapped(monkeypatch):
+    """A node sees the GPUs its CUDA_VISIBLE_DEVICES lists; tasks get those device ids."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    rayref.init(transport="grpc", num_cpus=2)
+    assert rayref.cluster_resources()["GPU"] == 2
+
+    @rayref.remote(num_gpus=1)
+    def gpu():
+        time.sleep(0.3)
+        return rayref.get_gpu_ids(), os.environ["CUDA_VISIBLE_DEVICES"]
+
+    got = rayref.get([gpu.remote(), gpu.remote()])
+    assert sorted(visible for _, visible in got) == ["4", "6"]
+    assert all(ids == [int(visible)] for ids, visible in got)

@@ -50,6 +50,7 @@ class ProcessHost:
         self.task_threads: dict[str, int] = {}
         self.detached = threading.Event()
         self.pending: deque = deque()
+        self.gpu_devices = [d for d in os.environ.get("RAYREF_NODE_GPUS", "").split(",") if d]
         self.flush_scheduled = False
 
     # ------------------------------------------------------------------ the loop side
@@ -170,9 +171,14 @@ class ProcessHost:
 
     # ------------------------------------------------------------------ running user code
 
+    def _devices(self, gpu_ids) -> list[str]:
+        """The node's device ids for the engine's GPU indices (CUDA_VISIBLE_DEVICES of the node)."""
+        return [self.gpu_devices[i] if i < len(self.gpu_devices) else str(i) for i in gpu_ids]
+
     def _run(self, cmd: p.ExecuteTask) -> None:
         spec = cmd.spec
-        self.local.task = RunningTask(spec, cmd.gpu_ids)
+        devices = self._devices(cmd.gpu_ids)
+        self.local.task = RunningTask(spec, tuple(int(d) if d.isdigit() else d for d in devices))
         self.task_threads[spec.task_id] = threading.get_ident()
         self._environment(cmd)
         if spec.kind == p.TaskKind.ACTOR_TASK and self._is_coroutine(spec.method):
@@ -195,7 +201,7 @@ class ProcessHost:
 
     async def _run_async(self, cmd: p.ExecuteTask) -> p.TaskExecuted:
         spec = cmd.spec
-        self.local.task = RunningTask(spec, cmd.gpu_ids)
+        self.local.task = RunningTask(spec, tuple(int(d) if d.isdigit() else d for d in self._devices(cmd.gpu_ids)))
         try:
             fn, args, kwargs = executor.bind(self, spec, cmd.args)
             return executor.finished(spec, await fn(*args, **kwargs))
@@ -220,7 +226,7 @@ class ProcessHost:
         env = dict(self.job_env)
         env.update(spec.env_vars)
         if cmd.gpu_ids:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in cmd.gpu_ids)
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self._devices(cmd.gpu_ids))
         os.environ.update(env)
         self._task_env = tuple(env)
 

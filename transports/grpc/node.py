@@ -257,16 +257,20 @@ def main(argv=None) -> None:
     parser.add_argument("--announce", default="head.json")
     parser.add_argument("--owner-pid", type=int, default=0, help="stop when this process is gone")
     parser.add_argument("--num-cpus", type=float, default=os.cpu_count() or 1)
-    parser.add_argument("--num-gpus", type=float, default=0)
+    parser.add_argument("--num-gpus", type=float, default=None, help="default: the GPUs detected")
     parser.add_argument("--resources", default="{}")
     parser.add_argument("--memory", type=int, default=0)
     parser.add_argument("--object-store-memory", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="(node) %(message)s")
     node_id = "n" + secrets.token_hex(4)
+    devices = detect_gpus()
+    num_gpus = args.num_gpus if args.num_gpus is not None else len(devices)
+    devices = (devices + [str(i) for i in range(len(devices), int(num_gpus))])[:int(num_gpus)]
+    os.environ["RAYREF_NODE_GPUS"] = ",".join(devices)
     store = args.object_store_memory or int(_host_memory() * 0.3)
     amounts = dict(json.loads(args.resources))
-    amounts.update({"CPU": args.num_cpus, "GPU": args.num_gpus, "object_store_memory": store,
+    amounts.update({"CPU": args.num_cpus, "GPU": num_gpus, "object_store_memory": store,
                     "memory": args.memory or max(0, int(_host_memory() * 0.7) - store),
                     f"node:{args.host}": 1})
     if not args.head_address:
@@ -276,6 +280,19 @@ def main(argv=None) -> None:
                         head_endpoint=args.head_address, announce=args.announce, host=args.host,
                         owner_pid=args.owner_pid)
     asyncio.run(server.serve(args.port))
+
+
+def detect_gpus() -> list[str]:
+    """This node's GPU device ids: CUDA_VISIBLE_DEVICES if set, else what ``nvidia-smi -L`` lists."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    lines = [line for line in listed.stdout.splitlines() if line.startswith("GPU ")]
+    return [str(i) for i in range(len(lines))] if listed.returncode == 0 else []
 
 
 def _host_memory() -> int:
