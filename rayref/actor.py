@@ -7,12 +7,10 @@ out-of-scope termination). Detached actors live until killed or until the cluste
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
 
-import cloudpickle
-
 from rayref._private import invocation, options as opt, worker
+from rayref._private.remote_base import Remote
 from rayref.core import protocol as p
 from rayref.object_ref import ObjectRef
 
@@ -44,34 +42,13 @@ def _is_async(cls) -> bool:
                for _, m in inspect.getmembers(cls, inspect.isfunction))
 
 
-class ActorClass:
-    def __init__(self, cls, options: dict):
-        self._cls = cls
-        self._options = opt.validate(dict(options), opt.ACTOR_OPTIONS, "actors")
-        self._name = cls.__name__
-        self._pickled: tuple[str, bytes] | None = None
-        self.__doc__ = cls.__doc__
-        self.__name__ = cls.__name__
+class ActorClass(Remote):
+    TABLE = opt.ACTOR_OPTIONS
+    WHAT = "actors"
 
     def __call__(self, *args, **kwargs):
-        raise TypeError(f"Actors cannot be instantiated directly. Instead of '{self._name}()', "
-                        f"use '{self._name}.remote()'.")
-
-    def options(self, **overrides) -> ActorClass:
-        opt.validate(overrides, opt.ACTOR_OPTIONS, "actors")
-        clone = ActorClass.__new__(ActorClass)
-        clone.__dict__.update(self.__dict__)
-        clone._options = {**self._options, **overrides}
-        return clone
-
-    def _pickle(self) -> tuple[str, bytes]:
-        if self._pickled is None:
-            try:
-                data = cloudpickle.dumps(self._cls)
-            except Exception as error:
-                raise TypeError(f"Could not serialize the actor class {self._name}: {error}.") from error
-            self._pickled = (hashlib.sha1(data).hexdigest()[:16], data)
-        return self._pickled
+        raise TypeError(f"Actors cannot be instantiated directly. Instead of '{self.__name__}()', "
+                        f"use '{self.__name__}.remote()'.")
 
     def remote(self, *args, **kwargs) -> ActorHandle:
         ctx = worker.current()
@@ -98,22 +75,22 @@ class ActorClass:
     def _create(self, ctx, args, kwargs, name: str, namespace: str) -> ActorHandle:
         o = self._options
         function_id, function = self._pickle()
-        blob, deps, keep = invocation.encode_args(ctx, self._name, args, kwargs)
-        is_async = _is_async(self._cls)
+        blob, deps, keep = invocation.encode_args(ctx, self.__name__, args, kwargs)
+        is_async = _is_async(self._target)
         default_concurrency = ctx.cw.config.async_actor_concurrency if is_async else 1
-        methods = _methods_of(self._cls)
+        methods = _methods_of(self._target)
         actor = p.ActorOptions(
             max_restarts=o.get("max_restarts", 0), max_task_retries=o.get("max_task_retries", 0),
             max_concurrency=o.get("max_concurrency") or default_concurrency, is_async=is_async,
             name=name, namespace=namespace, detached=o.get("lifetime") == "detached", method_names=methods)
         spec = invocation.base_spec(
-            ctx, kind=p.TaskKind.ACTOR_CREATION, name=self._name, args_blob=blob, deps=deps, num_returns=1,
+            ctx, kind=p.TaskKind.ACTOR_CREATION, name=self.__name__, args_blob=blob, deps=deps, num_returns=1,
             function_id=function_id, function=function, resources=opt.actor_resources(o),
             strategy=opt.strategy_of(o), env_vars=opt.env_vars_of(o), actor_id=ctx.cw.new_id("a"), actor=actor)
         ctx.call(ctx.cw.create_actor, spec)
         del keep
         handle_ref = ObjectRef(spec.return_ids[0], ctx.cw.address, ctx.cw)
-        return ActorHandle(spec.actor_id, self._name, methods, actor.max_task_retries, handle_ref)
+        return ActorHandle(spec.actor_id, self.__name__, methods, actor.max_task_retries, handle_ref)
 
 
 def _lookup(ctx, name: str, namespace: str) -> ActorHandle | None:
