@@ -115,9 +115,8 @@ def test_error_propagates_to_dependents(ray_start):
         ray.get(use.remote(fail.remote()))
 
 
-def test_retry_exceptions_listed(ray_start):
-    ray = ray_start
-
+def _counter(ray):
+    """An actor counting calls to bump(): how often a task body ran."""
     @ray.remote
     class Tries:
         def __init__(self):
@@ -127,7 +126,13 @@ def test_retry_exceptions_listed(ray_start):
             self.n += 1
             return self.n
 
-    tries = Tries.remote()
+    return Tries.remote()
+
+
+def test_retry_exceptions_listed(ray_start):
+    ray = ray_start
+
+    tries = _counter(ray)
 
     @ray.remote(retry_exceptions=[KeyError], max_retries=5)
     def flaky(counter):
@@ -142,16 +147,7 @@ def test_retry_exceptions_listed(ray_start):
 def test_application_errors_not_retried_by_default(ray_start):
     ray = ray_start
 
-    @ray.remote
-    class Tries:
-        def __init__(self):
-            self.n = 0
-
-        def bump(self):
-            self.n += 1
-            return self.n
-
-    tries = Tries.remote()
+    tries = _counter(ray)
 
     @ray.remote
     def fails(counter):
