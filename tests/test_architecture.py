@@ -18,6 +18,7 @@ def _imports(path: pathlib.Path):
 
 
 def test_engine_is_pure():
+    """PURE1: no module of rayref/core imports a transport, the simulator, I/O, threads, time or randomness."""
     root = pathlib.Path(rayref.core.__file__).parent
     files = sorted(root.glob("*.py"))
     assert len(files) >= 8

@@ -14,7 +14,8 @@ messages, runs their commands, and runs user code. The API sees it through two o
     ``current_task()``: the ``RunningTask`` of the calling code, or None in a driver.
     ``functions``: the process's cache of unpickled functions. ``set_actor(instance)``,
     ``actor``: the actor instance this process hosts, ``actor_resources`` what it was created
-    with. ``namespace``, ``job_id``, ``actor_restarts``.
+    with. ``namespace``, ``job_id``, ``job_env`` (the driver's runtime_env variables, which new
+    tasks inherit), ``actor_restarts``.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class ProcessContext(Protocol):
     cw: Any
     namespace: str
     job_id: str
+    job_env: dict
     functions: dict
     actor: Any
     actor_resources: dict

@@ -109,7 +109,18 @@ def _parent_task_id(ctx) -> str:
     return task.spec.task_id if task is not None else ""
 
 
+def _inherited(ctx, env_vars) -> tuple[tuple[str, tuple], str]:
+    """(env vars, namespace) of a new task: the parent task's (the driver's job's), then its own."""
+    parent = ctx.current_task()
+    base_env = dict(parent.spec.env_vars) if parent is not None else dict(ctx.job_env)
+    base_env.update(env_vars)
+    namespace = parent.spec.namespace if parent is not None and parent.spec.namespace else ctx.namespace
+    return tuple(sorted(base_env.items())), namespace
+
+
 def base_spec(ctx, *, kind: p.TaskKind, name: str, args_blob: p.Blob, deps, num_returns: int, **fields) -> p.TaskSpec:
+    if kind != p.TaskKind.ACTOR_TASK:
+        fields["env_vars"], fields["namespace"] = _inherited(ctx, fields.get("env_vars", ()))
     task_id = new_task_id(ctx)
     return p.TaskSpec(task_id=task_id, kind=kind, name=name, owner=ctx.cw.address, owner_node=ctx.cw.node_id,
                       args=args_blob, dependencies=deps,

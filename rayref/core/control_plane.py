@@ -153,6 +153,10 @@ class ControlPlane:
         record.subscribers[spec.owner] = None
         record.subscribers.update(self.early_subscribers.pop(spec.actor_id, {}))
         self.actors[spec.actor_id] = record
+        if msg.creation_error:
+            record.death_cause = msg.creation_error
+            self._mark_dead(record)
+            return
         self._publish(record)
         self._schedule(spec.actor_id)
 

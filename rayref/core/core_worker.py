@@ -368,7 +368,10 @@ class CoreWorker:
         for info in task.spec.dependencies:
             ref = self.refs.get(info.object_id)
             if ref.blob is not None and ref.blob.is_error:
-                self._fail_with(task, ref.blob)
+                if task.spec.kind == p.TaskKind.ACTOR_CREATION:
+                    self._register_dead_actor(task)
+                else:
+                    self._fail_with(task, ref.blob)
                 return
             inline = ref.blob is not None and (ref.nbytes <= self.config.inline_threshold or not ref.locations)
             args.append(p.ResolvedArg(ref=info, blob=ref.blob if inline else None, locations=tuple(ref.locations)))
@@ -382,6 +385,13 @@ class CoreWorker:
             self.actors.pump(task.spec.actor_id)
         else:
             self.normal.enqueue(task)
+
+    def _register_dead_actor(self, task: PendingTask) -> None:
+        """The constructor's arguments failed: every holder of a handle must learn the actor is dead."""
+        task.state = TaskState.RUNNING
+        self.send(p.CONTROL_PLANE, p.RegisterActor(
+            actor_id=task.spec.actor_id, spec=task.spec,
+            creation_error="an argument of the actor's constructor is an error (the task that made it failed)"))
 
     def _on_task_reply(self, msg: p.TaskReply) -> None:
         self._register_borrowers(msg.borrowed, msg.worker_id)

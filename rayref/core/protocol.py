@@ -100,6 +100,7 @@ class TaskSpec:
     max_retries: int = 0
     retry_exceptions: bool | tuple = False
     env_vars: tuple[tuple[str, str], ...] = ()
+    namespace: str = ""
     parent_task_id: str = ""
     attempt: int = 0
     actor_id: str = ""
@@ -399,9 +400,12 @@ class ClusterView(Message):
 
 @frozen
 class RegisterActor(Message):
+    """An actor to create; with ``creation_error`` one that can never be (its arguments failed)."""
+
     actor_id: str
     spec: TaskSpec
     args: tuple[ResolvedArg, ...] = ()
+    creation_error: str = ""
 
 
 @frozen

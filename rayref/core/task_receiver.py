@@ -152,6 +152,7 @@ class TaskReceiver:
             self.exec_queue.remove(msg.task_id)
         self.reply(execution.push, [], cancelled=True)
         self.start_ready()
+        self._maybe_terminate()
 
     def on_arg_local(self, object_id: str, blob: p.Blob) -> None:
         for task_id in self.arg_pulls.pop(object_id, ()):
@@ -165,3 +166,4 @@ class TaskReceiver:
             if execution is not None:
                 self.reply(execution.push, [error] * len(execution.push.spec.return_ids))
         self.start_ready()
+        self._maybe_terminate()

@@ -32,6 +32,7 @@ def _counter(ray, **options):
 
 
 def test_actor_state_and_order(ray_start):
+    """ORD1 (FIFO1, W-7 on grpc): one caller's calls to an actor run in submission order."""
     ray = ray_start
     counter = _counter(ray).remote(10)
     refs = [counter.incr.remote() for _ in range(20)]
@@ -71,6 +72,7 @@ def test_method_num_returns(ray_start):
 
 
 def test_named_actor_get_actor_and_duplicates(ray_start):
+    """CP1: a live name is taken once per namespace; get_actor and get_if_exists find its actor."""
     ray = ray_start
     Counter = _counter(ray)
     keep = Counter.options(name="ctr").remote()
@@ -87,6 +89,7 @@ def test_named_actor_get_actor_and_duplicates(ray_start):
 
 
 def test_actor_constructor_error_kills_actor(ray_start):
+    """RETRY1: a constructor exception kills the actor without restart."""
     ray = ray_start
 
     @ray.remote
@@ -111,6 +114,7 @@ def test_kill_actor(ray_start):
 
 
 def test_actor_restart_and_task_retry(ray_start):
+    """RETRY1: a crashed actor restarts (fresh state, new process) within max_restarts."""
     ray = ray_start
     counter = _counter(ray, max_restarts=2, max_task_retries=0).remote()
     first = ray.get(counter.pid.remote())
@@ -122,6 +126,7 @@ def test_actor_restart_and_task_retry(ray_start):
 
 
 def test_actor_dead_after_restarts_exhausted(ray_start):
+    """RETRY1: with no restarts left the actor is dead and later calls fail ActorDiedError."""
     ray = ray_start
     counter = _counter(ray, max_restarts=0).remote()
     with pytest.raises(ray.exceptions.RayActorError):
@@ -216,3 +221,23 @@ def test_actor_assigned_resources(ray_start):
 
     held = ray.get(Holder.remote().held.remote())
     assert held["CPU"] == 2.0 and held["GPU"] == 0.5
+
+
+def test_actor_whose_constructor_argument_failed_is_dead(ray_start):
+    ray = ray_start
+
+    @ray.remote
+    def broken():
+        raise ValueError("no value")
+
+    @ray.remote
+    class Uses:
+        def __init__(self, value):
+            self.value = value
+
+        def get(self):
+            return self.value
+
+    uses = Uses.remote(broken.remote())
+    with pytest.raises(ray.exceptions.ActorDiedError, match="constructor"):
+        ray.get(uses.get.remote(), timeout=30)

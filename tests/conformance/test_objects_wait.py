@@ -17,6 +17,7 @@ def test_get_single_and_list(ray_start):
 
 
 def test_put_of_refs_keeps_inner_alive(ray_start):
+    """BOR1: a ref kept only inside a put object stays retrievable."""
     ray = ray_start
     inner = ray.put("inner")
     outer = ray.put([inner])

@@ -130,6 +130,7 @@ def _counter(ray):
 
 
 def test_retry_exceptions_listed(ray_start):
+    """RETRY1: an application error listed in retry_exceptions is retried."""
     ray = ray_start
 
     tries = _counter(ray)
@@ -145,6 +146,7 @@ def test_retry_exceptions_listed(ray_start):
 
 
 def test_application_errors_not_retried_by_default(ray_start):
+    """RETRY1: application errors are not retried unless listed in retry_exceptions."""
     ray = ray_start
 
     tries = _counter(ray)
@@ -160,6 +162,7 @@ def test_application_errors_not_retried_by_default(ray_start):
 
 
 def test_runtime_env_vars_are_task_local(ray_start):
+    """P-CMD-5: a task sees its own runtime_env env vars, and only its own."""
     ray = ray_start
 
     @ray.remote(runtime_env={"env_vars": {"RAYREF_TEST_VAR": "on"}})
@@ -176,6 +179,7 @@ def test_runtime_env_vars_are_task_local(ray_start):
 
 
 def test_gpu_ids_and_cuda_visible_devices(ray_start):
+    """P-CMD-5: a GPU task sees its GPU ids in get_gpu_ids() and CUDA_VISIBLE_DEVICES."""
     ray = ray_start
 
     @ray.remote(num_gpus=1)
@@ -234,3 +238,26 @@ def test_get_runtime_context_ids(ray_start):
     node_id, task_id, worker_id = ray.get(where.remote())
     assert node_id in [n["NodeID"] for n in ray.nodes()]
     assert task_id and worker_id != ray.get_runtime_context().get_worker_id()
+
+
+def test_child_tasks_inherit_runtime_env_and_namespace(ray_start):
+    """A task's children see its runtime_env variables and its job's namespace (as in Ray)."""
+    ray = ray_start
+
+    @ray.remote
+    class Named:
+        def hello(self):
+            return "hi"
+
+    keep = Named.options(name="visible-from-tasks").remote()
+    assert ray.get(keep.hello.remote()) == "hi"
+
+    @ray.remote
+    def child():
+        return os.environ.get("RAYREF_INHERITED"), ray.get(ray.get_actor("visible-from-tasks").hello.remote())
+
+    @ray.remote(runtime_env={"env_vars": {"RAYREF_INHERITED": "yes"}})
+    def parent():
+        return ray.get(child.remote())
+
+    assert ray.get(parent.remote()) == ("yes", "hi")

@@ -99,6 +99,8 @@ def test_query_nodes_returns_the_current_view():
 
 
 def test_register_actor_publishes_pending_and_leases_grant_or_reject():
+    """CP2 (validate), P-ACT-1: registration publishes PENDING_CREATION and asks a node for a
+    grant-or-reject lease; the grant gets the creation push."""
     cp = make_cp(node_info("node-1", {"CPU": 2}))
     s = actor_spec()
     out = cp.handle(p.RegisterActor(actor_id="a1", spec=s), 0.0)
@@ -265,6 +267,7 @@ def test_grant_for_a_dead_actor_is_returned_with_exit():
 
 
 def test_actor_no_node_can_host_waits_then_dies_unschedulable_on_quiescence():
+    """QUI1: an actor no node can host waits unplaced, then dies ActorUnschedulableError at quiescence."""
     cp = make_cp(node_info("node-1", {"CPU": 4}))
     out = cp.handle(p.RegisterActor(actor_id="a1", spec=actor_spec("a1", resources={"GPU": 1})), 0.0)
     assert sends(out, p.RequestWorkerLease) == []
@@ -315,7 +318,8 @@ def test_subscribers_get_the_current_state_and_later_changes():
 
 
 def test_subscription_before_registration_is_kept_until_the_actor_registers():
-    """A handle can reach a borrower (and its subscription the control plane) before the owner registers."""
+    """P-ACT-3: A handle can reach a borrower (and its subscription the control plane) before the owner
+    registers."""
     cp = make_cp(node_info("node-1", {"CPU": 4}))
     assert cp.handle(p.SubscribeActor(actor_id="a1", subscriber="node-1.w9"), 0.0) == []
     out = cp.handle(p.RegisterActor(actor_id="a1", spec=actor_spec("a1")), 0.1)

@@ -240,6 +240,7 @@ def test_large_dependency_travels_by_location():
 
 
 def test_worker_death_retries_the_task_then_fails_it_worker_crashed():
+    """RETRY1: a task whose leased worker dies is retried while retries last, then fails WorkerCrashedError."""
     cw = driver()
     s = spec("t1", max_retries=1)
     request, push, _ = run_on_lease(cw, s)
@@ -287,7 +288,7 @@ def stored_put(cw, blob):
 
 
 def test_dropping_the_last_ref_of_a_stored_object_frees_it_in_its_node():
-    """RC1: a put larger than the inline threshold goes to the node store; the last local ref
+    """RC1, LIFE1: a put larger than the inline threshold goes to the node store; the last local ref
     going away frees it there and removes it from the table."""
     cw = driver()
     waiter = cw.put(value(b"big", BIG))
@@ -357,7 +358,7 @@ def test_submitted_task_holds_its_argument_until_it_finishes():
 
 
 def test_worker_still_holding_an_argument_becomes_a_borrower_through_its_reply():
-    """The borrower protocol's first way: a ref reported in TaskReply.borrowed is registered
+    """RC1, BOR1: The borrower protocol's first way: a ref reported in TaskReply.borrowed is registered
     before the task's own hold ends, so the object survives until RemoveBorrower."""
     cw = driver()
     info = stored_put(cw, value(b"big", BIG))
@@ -423,6 +424,8 @@ def test_owner_answers_object_status_to_a_borrower_when_ready():
 
 
 def test_actor_calls_are_pushed_in_submission_order_once_alive():
+    """ORD1 (caller side): calls submitted before the actor is ALIVE are pushed in submission order once
+    it is."""
     cw = driver()
     creation = spec("a1.create", name="A", kind=p.TaskKind.ACTOR_CREATION, actor_id="a1",
                     actor=p.ActorOptions())

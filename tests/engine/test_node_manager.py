@@ -115,7 +115,8 @@ def test_lease_with_exit_returns_kills_the_worker():
 
 
 def test_request_infeasible_everywhere_warns_then_is_rejected_final_on_quiescence():
-    """No node can ever hold 1 GPU: LeaseInfeasible once (stays queued), LeaseRejected(final) when quiescent."""
+    """QUI1: No node can ever hold 1 GPU: LeaseInfeasible once (stays queued), LeaseRejected(final) when
+    quiescent."""
     nm = ready_nm(CPU=2)
     out = nm.handle(lease_request("l1", resources={"GPU": 1}), 0.0)
     [(to, warn)] = sends_to(out, p.LeaseInfeasible)
@@ -322,7 +323,7 @@ def test_blocked_lease_returned_while_blocked_does_not_double_count_cpus():
 
 
 def test_fractional_gpus_pack_onto_one_gpu_index():
-    """GpuInstances: fractional requests take the first GPU with room (first fit by index)."""
+    """NM2, NM4: GpuInstances: fractional requests take the first GPU with room (first fit by index)."""
     nm = ready_nm(CPU=8, GPU=2)
     ids = [granted(nm.handle(lease_request(f"l{i}", resources={"GPU": 0.5}), 0.0))[0].gpu_ids for i in range(4)]
     assert ids == [(0,), (0,), (1,), (1,)]
@@ -334,6 +335,7 @@ def test_fractional_gpus_pack_onto_one_gpu_index():
 
 
 def test_whole_gpus_take_distinct_indices():
+    """NM2, NM4: whole-GPU leases take distinct GPU indices."""
     nm = ready_nm(CPU=8, GPU=4)
     a = granted(nm.handle(lease_request("a", resources={"GPU": 1}), 0.0))[0].gpu_ids
     b = granted(nm.handle(lease_request("b", resources={"GPU": 2}), 0.0))[0].gpu_ids
@@ -344,7 +346,7 @@ def test_whole_gpus_take_distinct_indices():
 
 
 def test_whole_gpu_skips_a_partly_used_gpu_and_waits_for_a_free_one():
-    """A whole-GPU lease never shares an index with a fractional one."""
+    """NM2, NM4: A whole-GPU lease never shares an index with a fractional one."""
     nm = ready_nm(CPU=8, GPU=2)
     [half] = granted(nm.handle(lease_request("half", resources={"GPU": 0.5}), 0.0))
     [one] = granted(nm.handle(lease_request("one", resources={"GPU": 1}), 0.0))
@@ -358,7 +360,7 @@ def test_whole_gpu_skips_a_partly_used_gpu_and_waits_for_a_free_one():
 
 
 def test_fractional_request_never_straddles_two_gpus():
-    """0.3 GPU left on each of two GPUs is 0.6 in total, yet a 0.5 request cannot be placed."""
+    """NM2, NM4: 0.3 GPU left on each of two GPUs is 0.6 in total, yet a 0.5 request cannot be placed."""
     nm = ready_nm(CPU=8, GPU=2)
     [a] = granted(nm.handle(lease_request("a", resources={"GPU": 0.7}), 0.0))
     [b] = granted(nm.handle(lease_request("b", resources={"GPU": 0.7}), 0.0))

@@ -89,6 +89,7 @@ def test_an_object_larger_than_the_store_is_spilled_on_arrival():
 
 
 def test_validate_catches_accounting_drift():
+    """OS1: validate() fails on a store whose used bytes drift from its entries."""
     store = ObjectStore(100)
     store.add("a", blob(10), owner="o", pinned=True)
     store.used += 1

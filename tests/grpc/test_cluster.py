@@ -35,22 +35,28 @@ def _cli(*args, timeout=60):
 
 
 def test_cli_start_status_stop():
-    out = _cli("start", "--head", "--num-cpus", "1")
-    address = out.split("head node at ")[1].split(" ")[0]
-    assert address.startswith("127.0.0.1:")
-    _cli("start", f"--address={address}", "--num-cpus", "2", "--resources", '{"TPU": 3}')
-    status = _cli("status")
-    assert "2 node(s)" in status and "TPU: 0 / 3" in status and "CPU: 0 / 3" in status
+    """W-9, LIFE2: rayref start/status/stop; stop leaves no process of the session and no directory."""
     from transports.grpc.session import Session
-    session = Session.latest()
-    assert processes_of(session.path)
-    assert "Stopped" in _cli("stop")
-    assert processes_of(session.path) == [] and not os.path.exists(session.path)
-    assert "No rayref cluster" in _cli("stop")
+    try:
+        out = _cli("start", "--head", "--num-cpus", "1")
+        address = out.split("head node at ")[1].split(" ")[0]
+        assert address.startswith("127.0.0.1:")
+        _cli("start", f"--address={address}", "--num-cpus", "2", "--resources", '{"TPU": 3}')
+        status = _cli("status")
+        assert "2 node(s)" in status and "TPU: 0 / 3" in status and "CPU: 0 / 3" in status
+        session = Session.latest()
+        assert processes_of(session.path)
+        assert "Stopped" in _cli("stop")
+        assert processes_of(session.path) == [] and not os.path.exists(session.path)
+        assert "No rayref cluster" in _cli("stop")
+    finally:
+        leftover = Session.latest()
+        if leftover is not None:
+            leftover.stop()
 
 
 def test_three_nodes_on_loopback():
-    """Spillback, SPREAD, node affinity, custom resources, objects between nodes, nodes()."""
+    """W-4, W-5, D-8: Spillback, SPREAD, node affinity, custom resources, objects between nodes, nodes()."""
     rayref.init(transport="grpc", num_cpus=2)
     transport = worker.transport()
     b = transport.add_node(num_cpus=2, resources={"B": 1})
@@ -87,6 +93,7 @@ def test_three_nodes_on_loopback():
 
 
 def test_wrong_or_missing_token_is_refused():
+    """AUTH1, W-2: an Attach without the cluster's token is refused; the cluster keeps working."""
     rayref.init(transport="grpc", num_cpus=1)
     from transports.grpc.client import _attach
     head = worker.transport().session.head()
@@ -97,6 +104,7 @@ def test_wrong_or_missing_token_is_refused():
 
 
 def test_sigkill_of_a_worker_mid_task_is_retried(tmp_path):
+    """RETRY1, W-3: a worker process SIGKILLed mid-task: its stream ends, WorkerExited, the task re-runs."""
     rayref.init(transport="grpc", num_cpus=1)
     marker = tmp_path / "pid"
 
@@ -116,6 +124,7 @@ def test_sigkill_of_a_worker_mid_task_is_retried(tmp_path):
 
 
 def test_shutdown_leaves_no_process_or_port():
+    """LIFE2, W-9: shutdown of a driver that started its cluster leaves no process, directory or port."""
     info = rayref.init(transport="grpc", num_cpus=2)
     assert rayref.get(rayref.remote(lambda: 1).remote()) == 1
     assert processes_of(info["session"])
@@ -127,6 +136,7 @@ def test_shutdown_leaves_no_process_or_port():
 
 
 def test_driver_killed_with_sigkill_leaves_nothing(tmp_path):
+    """LIFE2, W-9: the cluster of a driver killed with SIGKILL stops by itself (owner-pid watch)."""
     script = textwrap.dedent("""
         import sys, time
         import rayref
@@ -150,6 +160,7 @@ def test_driver_killed_with_sigkill_leaves_nothing(tmp_path):
 
 
 def test_dead_address_is_a_clear_error(monkeypatch):
+    """W-8: connecting to an address with no cluster is a clear ConnectionError, not a hang."""
     with pytest.raises(ConnectionError, match="No rayref cluster found at 127.0.0.1:9"):
         rayref.init(address="127.0.0.1:9")
     monkeypatch.setenv("RAYREF_TOKEN", "0" * 64)
@@ -159,7 +170,7 @@ def test_dead_address_is_a_clear_error(monkeypatch):
 
 
 def test_gpus_detected_from_cuda_visible_devices_and_mapped(monkeypatch):
-    """A node sees the GPUs its CUDA_VISIBLE_DEVICES lists; tasks get those device ids."""
+    """W-6, P-CMD-5: A node sees the GPUs its CUDA_VISIBLE_DEVICES lists; tasks get those device ids."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
     rayref.init(transport="grpc", num_cpus=2)
     assert rayref.cluster_resources()["GPU"] == 2

@@ -173,7 +173,7 @@ def _max_overlap(intervals):
 
 
 def test_concurrent_requirements_never_exceed_node_total(walkthrough):
-    """"the sum of the resource requirements of all of the concurrently executing tasks on a given
+    """RES1: "the sum of the resource requirements of all of the concurrently executing tasks on a given
     node cannot exceed the node's total resources": 8 CPUs / 4 GPUs fit two num_cpus=4,num_gpus=2
     tasks at once, and 2 Custom fit two resources={'Custom': 1} tasks at once."""
     @ray.remote(num_cpus=4, num_gpus=2)

@@ -207,7 +207,7 @@ def test_actor_supervision_max_restarts(ray_sim):
 
 
 def test_calls_to_one_actor_run_sequentially_in_order(ray_sim):
-    """"Ray guarantees that method calls for a single actor are executed sequentially in the
+    """ORD1: "Ray guarantees that method calls for a single actor are executed sequentially in the
     order they are received"."""
     @ray.remote
     class Log:

@@ -21,7 +21,7 @@ def _cluster() -> Cluster:
 
 
 def test_actor_keeping_a_nested_ref_past_its_call_can_still_read_it():
-    """RC1 / borrower way 1: the actor still holds the ref when it replies, so the owner must
+    """RC1, BOR1 / borrower way 1: the actor still holds the ref when it replies, so the owner must
     register it as borrower before the task's own hold on the argument ends."""
     _cluster()
     try:
@@ -49,7 +49,7 @@ def test_actor_keeping_a_nested_ref_past_its_call_can_still_read_it():
 
 
 def test_object_nested_in_a_put_is_freed_with_the_outer_object():
-    """RC1 without leaks: once neither the inner nor the outer ref is held, the inner object
+    """RC1, LIFE1: without leaks, once neither the inner nor the outer ref is held, the inner object
     leaves the node's store."""
     cluster = _cluster()
     try:

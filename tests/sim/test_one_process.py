@@ -28,6 +28,7 @@ def _run(env_seed: str, stdin: str = "", script: str = SCRIPT) -> str:
 
 
 def test_unmodified_script_replays_from_env_seed():
+    """DET1: the same script and RAYREF_SEED give the same output; another seed, other values."""
     first, second, other = _run("11"), _run("11"), _run("12")
     assert "inside task 3" in first
     values = [line for line in first.splitlines() if line.startswith("values")]

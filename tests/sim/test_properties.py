@@ -74,7 +74,7 @@ def dags(draw):
 @settings(max_examples=25)
 @given(seed=st.integers(0, 1000), specs=clusters, case=dags())
 def test_random_dag_matches_sequential_evaluation(seed, specs, case):
-    """(a) Any DAG of tasks gives the values of the same DAG evaluated in plain Python, with
+    """(a) VAL1: any DAG of tasks gives the values of the same DAG evaluated in plain Python, with
     intermediate refs dropped at random (their tasks' dependents must still see them)."""
     dag, constants, big, cpus, keep = case
     assert nx.is_directed_acyclic_graph(dag)
@@ -131,7 +131,7 @@ calls = st.lists(st.tuples(st.sampled_from([None, 0.0, 0.01, 0.2, 1.0]), st.bool
 @settings(max_examples=25)
 @given(seed=st.integers(0, 1000), specs=clusters, plan=calls)
 def test_one_callers_actor_calls_run_in_submission_order(seed, specs, plan):
-    """(b) Calls from one caller to one actor execute in submission order, even when earlier
+    """(b) ORD1: calls from one caller to one actor execute in submission order, even when earlier
     calls wait on slower argument tasks than later ones, and with gets interleaved."""
     cluster = build(seed, specs)
     try:
@@ -211,7 +211,8 @@ def check_no_overcommit(runs, specs):
 @settings(max_examples=25)
 @given(seed=st.integers(0, 1000), specs=clusters, tasks=task_specs)
 def test_random_resource_mixes_never_overcommit(seed, specs, tasks):
-    """(c) NM1-NM3 after every message (validate=True), plus the observed concurrency per node:
+    """(c) NM1, NM3, NM4 after every message (validate=True), plus RES1, the observed concurrency
+    per node:
     feasible tasks all finish within their nodes' totals with the GPU ids they were given;
     infeasible ones fail with TaskUnschedulableError once the cluster is idle."""
     cluster = build(seed, specs)

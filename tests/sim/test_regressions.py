@@ -34,7 +34,7 @@ def test_actor_constructor_argument_stays_alive(make_cluster):
 
 
 def test_restarted_actor_gets_its_stored_constructor_argument(make_cluster):
-    """A restartable actor's creation arguments stay pinned until it can no longer restart."""
+    """BOR1, RETRY1: A restartable actor's creation arguments stay pinned until it can no longer restart."""
     make_cluster()
 
     @rayref.remote(max_restarts=1)
@@ -78,7 +78,7 @@ def test_actor_calls_keep_order_when_an_early_call_has_a_large_argument(make_clu
 
 
 def test_actor_queue_moves_on_after_a_call_fails_before_sending(make_cluster):
-    """A call failed by its dependency (or cancelled) while queued does not stall the calls behind it."""
+    """ORD1: A call failed by its dependency (or cancelled) while queued does not stall the calls behind it."""
     make_cluster()
 
     @rayref.remote
@@ -100,6 +100,7 @@ def test_actor_queue_moves_on_after_a_call_fails_before_sending(make_cluster):
 
 
 def test_actor_methods_see_the_actors_gpus_and_environment(make_cluster):
+    """P-CMD-5: an actor's methods run with the actor's GPU (CUDA_VISIBLE_DEVICES) and env vars."""
     make_cluster(nodes=[{"num_cpus": 2, "num_gpus": 2}])
 
     @rayref.remote(num_gpus=1, runtime_env={"env_vars": {"WHO": "actor"}})
@@ -145,7 +146,8 @@ def test_cancelled_blocked_task_returns_its_cpu(make_cluster):
 
 
 def test_kill_with_restart_during_creation_creates_one_actor(make_cluster):
-    """Restarting an actor whose creation lease is still pending asks for one lease, not two."""
+    """RETRY1, P-ACT-1: Restarting an actor whose creation lease is still pending asks for one lease, not
+    two."""
     cluster = make_cluster(nodes=[{"num_cpus": 2}])
 
     @rayref.remote(max_restarts=2)
@@ -200,7 +202,7 @@ def test_messages_between_two_processes_arrive_in_send_order(make_cluster):
 
 
 def test_finished_user_threads_are_not_kept_alive(make_cluster):
-    """A thread started while another finished must not take it as its parent (a growing chain)."""
+    """LIFE2: A thread started while another finished must not take it as its parent (a growing chain)."""
     import gc
 
     from transports.sim.process import SimGreenlet
@@ -219,7 +221,7 @@ def test_finished_user_threads_are_not_kept_alive(make_cluster):
 
 
 def test_cancelling_a_queued_call_waiting_for_its_argument_lets_the_rest_run(make_cluster):
-    """ORD1/QUI1: cancelling the head of an actor's execution queue starts the calls behind it."""
+    """ORD1/QUI1, P-TASK-3: cancelling the head of an actor's execution queue starts the calls behind it."""
     make_cluster(nodes=[{"num_cpus": 1}, {"num_cpus": 1, "resources": {"far": 1}}])
 
     @rayref.remote(resources={"far": 1})
@@ -236,7 +238,7 @@ def test_cancelling_a_queued_call_waiting_for_its_argument_lets_the_rest_run(mak
 
 
 def test_constructor_borrow_is_registered_by_the_owner_even_over_a_slow_link():
-    """BOR1: refs a constructor keeps are registered through the actor's owner, so a slow path
+    """BOR1, FIFO1, P-TASK-2: refs a constructor keeps are registered through the actor's owner, so a slow path
     between the control plane and the object's owner cannot let the object be freed early."""
     from sim import Cluster, NetworkModel, SimConfig
 
@@ -279,6 +281,7 @@ def test_constructor_borrow_is_registered_by_the_owner_even_over_a_slow_link():
 
 
 def test_async_actor_methods_see_the_actors_environment(make_cluster):
+    """P-CMD-5: an async actor's coroutine methods (on its event-loop thread) see its env vars and GPU."""
     make_cluster(nodes=[{"num_cpus": 2, "num_gpus": 1}])
 
     @rayref.remote(num_gpus=1, runtime_env={"env_vars": {"WHO": "async-actor"}})
@@ -287,3 +290,4 @@ def test_async_actor_methods_see_the_actors_environment(make_cluster):
             return os.environ.get("WHO"), os.environ.get("CUDA_VISIBLE_DEVICES")
 
     assert rayref.get(Where.remote().env.remote()) == ("async-actor", "0")
+

@@ -105,6 +105,7 @@ def test_pids_are_simulated_and_os_exit_kills_only_the_worker(make_cluster):
 
 
 def test_worker_crash_retried_up_to_max_retries(make_cluster):
+    """RETRY1: a task whose worker process dies is re-run (here twice) within max_retries."""
     make_cluster()
 
     @rayref.remote
@@ -142,6 +143,7 @@ def test_random_is_seeded_per_task_and_driver_state_untouched(make_cluster):
 
 
 def test_infeasible_task_warns_then_fails_when_nothing_can_run(make_cluster):
+    """QUI1: an infeasible task warns, then fails TaskUnschedulableError once nothing can run."""
     cluster = make_cluster()
 
     @rayref.remote(num_gpus=4)
@@ -154,6 +156,7 @@ def test_infeasible_task_warns_then_fails_when_nothing_can_run(make_cluster):
 
 
 def test_infeasible_actor_fails_when_nothing_can_run(make_cluster):
+    """QUI1: an actor no node can host dies ActorUnschedulableError once nothing can run."""
     make_cluster()
 
     @rayref.remote(resources={"unicorn": 1})
@@ -166,6 +169,7 @@ def test_infeasible_actor_fails_when_nothing_can_run(make_cluster):
 
 
 def test_deadlock_is_reported_not_hung(make_cluster):
+    """QUI1: a driver waiting for something that can never happen gets NoProgressError."""
     make_cluster()
 
     @rayref.remote
@@ -233,6 +237,7 @@ def test_large_object_moves_between_nodes(make_cluster):
 
 
 def test_objects_are_freed_when_references_drop(make_cluster):
+    """LIFE1: once the last ref to a put object is gone, the node store no longer holds it."""
     cluster = make_cluster()
     big = rayref.put(np.zeros(1_000_000))
     time.sleep(0.01)
@@ -246,6 +251,7 @@ def test_objects_are_freed_when_references_drop(make_cluster):
 
 
 def test_borrowed_reference_keeps_object_alive(make_cluster):
+    """BOR1: an actor keeping a ref it got as an argument can read it after the driver dropped its own."""
     cluster = make_cluster()
 
     @rayref.remote
@@ -299,3 +305,24 @@ def test_story_of_a_task():
     kinds = [line.split("|")[3] for line in cluster.story(task_id)]
     assert "PushTask" in kinds and "TaskReply" in kinds
     assert kinds.index("PushTask") < kinds.index("TaskReply")
+
+
+def test_actor_out_of_scope_dies_even_when_its_last_call_was_cancelled(make_cluster):
+    """LIFE1: an actor whose handles are gone dies once its calls are done or cancelled."""
+    cluster = make_cluster()
+
+    @rayref.remote
+    class Slow:
+        def nap(self, seconds):
+            time.sleep(seconds)
+            return seconds
+
+    slow = Slow.remote()
+    first = slow.nap.remote(1)
+    second = slow.nap.remote(100)
+    actor_id = slow._actor_id
+    del slow
+    rayref.cancel(second)
+    assert rayref.get(first) == 1
+    time.sleep(2)
+    assert cluster.runtime.control_plane.actors[actor_id].state.value == "DEAD"

@@ -16,7 +16,7 @@ import threading
 
 import grpc
 
-from transports.grpc import wire
+from transports.grpc import shm, wire
 from transports.grpc.host import ProcessHost
 from transports.grpc.session import Session
 
@@ -29,6 +29,8 @@ class GrpcTransport:
         self.session = session
         self.owns_cluster = owns_cluster
         self.closed = False
+        if session is not None:
+            shm.configure(session.path)
         atexit.register(self.shutdown)
 
     def current(self) -> ProcessHost:
@@ -52,6 +54,12 @@ class GrpcTransport:
         _detach(self.host)
         if self.owns_cluster and self.session is not None:
             self.session.stop()
+            cleanup_shared_memory(self.session.path)
+
+
+def cleanup_shared_memory(session_path: str) -> int:
+    """Remove the shared-memory segments a stopped session left in /dev/shm (``rayref stop`` too); how many."""
+    return shm.cleanup(session_path)
 
 
 def start_local(*, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None, namespace="",

@@ -43,7 +43,7 @@ class ProcessHost:
         self.actor_resources: dict = {}
         self.actor_restarts = 0
         self.actor_loop: asyncio.AbstractEventLoop | None = None
-        self.namespace = namespace
+        self._namespace = namespace
         self.job_id = "job-01"
         self.job_env = dict(job_env or {})
         self.local = threading.local()
@@ -163,6 +163,12 @@ class ProcessHost:
     def current_task(self) -> RunningTask | None:
         return getattr(self.local, "task", None)
 
+    @property
+    def namespace(self) -> str:
+        """The driver's own; in a worker, the job's, as carried by the task running here."""
+        task = self.current_task()
+        return task.spec.namespace if task is not None and task.spec.namespace else self._namespace
+
     def set_actor(self, instance) -> None:
         spec = self.current_task().spec
         self.actor = instance
@@ -223,8 +229,7 @@ class ProcessHost:
             return
         for key in getattr(self, "_task_env", ()):
             os.environ.pop(key, None)
-        env = dict(self.job_env)
-        env.update(spec.env_vars)
+        env = dict(spec.env_vars)
         if cmd.gpu_ids:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(self._devices(cmd.gpu_ids))
         os.environ.update(env)

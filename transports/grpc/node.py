@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 
 import grpc
 
@@ -34,7 +35,7 @@ from rayref.core.config import EngineConfig
 from rayref.core.control_plane import ControlPlane
 from rayref.core.node_manager import NodeManager
 from rayref.core.resources import Resources
-from transports.grpc import wire
+from transports.grpc import shm, wire
 
 log = logging.getLogger("rayref.node")
 
@@ -61,6 +62,8 @@ class NodeServer:
         self.peers: dict[str, asyncio.Queue] = {}
         self.workers: dict[str, subprocess.Popen] = {}
         self.endpoint = ""
+        self.inbox: deque = deque()
+        self.delivering = False
 
     # ------------------------------------------------------------------ start and stop
 
@@ -92,6 +95,7 @@ class NodeServer:
         self.stop_workers()
         await server.stop(0.2)
         if self.owner_pid:
+            shm.cleanup(self.session)
             shutil.rmtree(self.session, ignore_errors=True)
 
     async def _watch_owner(self) -> None:
@@ -130,15 +134,27 @@ class NodeServer:
             self.peer(node).put_nowait(wire.encode(src, to, msg))
 
     def deliver(self, src: str, to: str, msg: p.Message) -> None:
-        engine = self.nm if to == self.node_id else self.cp if to == p.CONTROL_PLANE else None
-        if engine is not None:
-            self.execute(to, engine.handle(msg, time.monotonic()))
+        """To an engine of this node (in arrival order, never re-entrantly) or an attached process."""
+        if to == self.node_id or (to == p.CONTROL_PLANE and self.cp is not None):
+            self.inbox.append((to, msg))
+            if not self.delivering:
+                self._drain_inbox()
             return
         queue = self.attached.get(to)
         if queue is not None:
             queue.put_nowait(wire.encode(src, to, msg))
         elif not isinstance(msg, p.PeerUnreachable):
             self.route(to, src, p.PeerUnreachable(to=to, original=msg))
+
+    def _drain_inbox(self) -> None:
+        self.delivering = True
+        try:
+            while self.inbox:
+                to, msg = self.inbox.popleft()
+                engine = self.nm if to == self.node_id else self.cp
+                self.execute(to, engine.handle(msg, time.monotonic()))
+        finally:
+            self.delivering = False
 
     def execute(self, address: str, commands) -> None:
         for cmd in commands:
@@ -264,6 +280,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="(node) %(message)s")
     node_id = "n" + secrets.token_hex(4)
+    shm.configure(args.session, node_id=node_id)
     devices = detect_gpus()
     num_gpus = args.num_gpus if args.num_gpus is not None else len(devices)
     devices = (devices + [str(i) for i in range(len(devices), int(num_gpus))])[:int(num_gpus)]

@@ -1,8 +1,10 @@
 """What travels between processes: envelopes of (sender, receiver, message), and the token.
 
-The codec is pickle (protocol 5) of the protocol dataclasses; the engine never sees it. Pickles
-are code, so every call carries the cluster's token in its metadata and a process that does
-not present it is refused before anything is unpickled.
+The codec is pickle (protocol 5) of the protocol dataclasses; the engine never sees it. Large
+buffers of objects bound for a node's store do not travel in the envelope: they go by shared
+memory and the envelope names the segment (``shm``); unpickling maps it back. Pickles are
+code, so every call carries the cluster's token in its metadata and a process that does not
+present it is refused before anything is unpickled.
 
 Two methods on one generic gRPC service, no generated code:
 
@@ -16,6 +18,8 @@ import pickle
 
 import grpc
 
+from transports.grpc import shm
+
 SERVICE = "rayref.Node"
 ATTACH = f"/{SERVICE}/Attach"
 SEND = f"/{SERVICE}/Send"
@@ -23,10 +27,11 @@ TOKEN_KEY = "rayref-token"
 
 
 def encode(src: str, to: str, msg) -> bytes:
-    return pickle.dumps((src, to, msg), protocol=5)
+    return shm.dumps((src, to, msg))
 
 
 def decode(data: bytes):
+    """The envelope; a Blob sent by shared memory comes back mapped (``shm._rebuild_blob``)."""
     return pickle.loads(data)
 
 

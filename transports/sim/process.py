@@ -122,6 +122,10 @@ class SimProcess:
     def job_id(self) -> str:
         return self.runtime.job_id
 
+    @property
+    def job_env(self) -> dict:
+        return self.runtime.job_env
+
     # ------------------------------------------------------------------ ProcessContext
 
     def call(self, fn, *args):

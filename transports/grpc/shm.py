@@ -1,0 +1,379 @@
+"""Shared memory for large objects on one machine: a value's big buffers live in POSIX segments.
+
+Why: without it a 100 MiB ``put`` is pickled into an envelope, copied through gRPC to the node,
+and again to every process that reads it. With it, the process that puts copies each large
+buffer once into a segment of ``/dev/shm`` and sends only its name; the node keeps the segment
+mapped while the object is in its store, and a reader maps it too: ``get`` of a numpy array
+is a read-only view of the shared pages, as in Ray's plasma store.
+
+What travels (the codec is ``wire.encode``/``wire.decode``; the engine never sees any of it):
+a ``Blob`` whose ``data`` or ``buffers`` hold a large buffer is pickled as
+``_rebuild_blob(fields)`` with each such buffer replaced by a descriptor
+``("shm", name, size, handoff, host)``; unpickling maps the segment read-only (once per
+process: a name maps to one ``ShmMap``) and rebuilds the Blob around ``memoryview``s of it.
+
+Which messages make segments: only those whose blob lands in a node's store, ``PutObject``
+(a worker or driver hands a new object to its node), ``ObjectLocal`` (a node gives a stored
+object to a local process) and ``ObjectTransfer`` (a node sends a copy to another node).
+Small values (inline, below the engine's 100 KiB) never reach those and stay in-band. A Blob
+that is already in shared memory travels as its descriptor, with no copy, to a process of
+the same node; to another node it travels in-band, except an ``ObjectTransfer``, which is a
+copy into a new segment (a transfer is a copy, as in Ray, and the receiving node must own
+its copy). When a segment is made for a Blob this process keeps (the put's own Blob, a node's
+stored Blob), the Blob's buffers are swapped for the mapping, so the process-private bytes
+are freed and its own reads come from the shared pages too.
+
+Who unlinks: exactly one process owns a segment. A segment made for ``PutObject`` or
+``ObjectTransfer`` is handed off (``handoff``) to the node that decodes it; one a node makes
+for ``ObjectLocal`` is its own. The owner unlinks the name when its mapping is garbage
+collected (the object left its store: freed, evicted, or never stored), ``GRACE`` seconds
+after it last sent the descriptor, so a reader that has not yet opened it still finds it.
+Processes that mapped it keep reading it (POSIX). The creating process never unlinks a
+segment it handed off. Whatever remains when a cluster stops (a process killed in between)
+is removed by ``cleanup(session)`` (``GrpcTransport.shutdown``, ``rayref stop``). Names are
+``rayref-<session id>-<pid>-<n>``, the session id a hash of the session directory, so
+clusters never collide and a session's leftovers can be found.
+
+A segment is only meaningful on its machine (and container: ``/dev/shm`` is per IPC
+namespace). A descriptor that cannot be mapped (the segment is gone, or this process is
+elsewhere) turns its Blob into an ``ObjectLostError`` that says so, never into a failed
+envelope. ``RAYREF_SHM=0`` turns the path off (everything in-band, as before).
+"""
+from __future__ import annotations
+
+import atexit
+import copyreg
+import dataclasses
+import hashlib
+import heapq
+import io
+import itertools
+import logging
+import mmap
+import os
+import pickle
+import socket
+import threading
+import time
+import weakref
+
+from rayref.core import protocol as p
+
+log = logging.getLogger("rayref.shm")
+
+SHM_DIR = "/dev/shm"
+PREFIX = "rayref-"
+THRESHOLD = 64 * 1024
+"""Buffers (and pickle streams) at least this large go to shared memory."""
+GRACE = 2.0
+"""Seconds an owner keeps a dropped segment's name after it last sent its descriptor."""
+SESSION_ENV = "RAYREF_SHM_SESSION"
+"""A node exports its session directory here, so that the workers it starts name segments alike."""
+
+_STORE_BOUND = (p.PutObject, p.ObjectLocal, p.ObjectTransfer)
+_BLOB_FIELDS = tuple(f.name for f in dataclasses.fields(p.Blob))
+
+_session_id: str | None = None
+_node_id: str | None = None
+_counter = itertools.count()
+_lock = threading.RLock()
+"""Reentrant: a finalizer (``_release``) may run inside a locked section when the GC runs there."""
+_maps: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+"""Segment name -> its one mapping in this process."""
+_owned: dict[str, float] = {}
+"""Segments this process must unlink -> when it last sent their descriptor (monotonic)."""
+_deferred: list[tuple[float, str]] = []
+_deferred_names: set[str] = set()
+_reaper: threading.Condition | None = None
+_exiting = False
+_warned = False
+_host = socket.gethostname()
+
+
+class ShmMap(mmap.mmap):
+    """A read-only mapping of one segment; ``name`` tells which. Buffers of a Blob are views of it."""
+
+    name: str
+
+
+# ------------------------------------------------------------------ configuration and naming
+
+def session_id(session_path: str) -> str:
+    return hashlib.sha256(os.path.realpath(session_path).encode()).hexdigest()[:12]
+
+
+def configure(session_path: str, *, node_id: str | None = None) -> None:
+    """Name this process's segments after ``session_path``; a node also passes its id.
+
+    A node exports the session to the environment of the workers it starts.
+    """
+    global _session_id, _node_id
+    _session_id = session_id(session_path)
+    if node_id is not None:
+        _node_id = node_id
+        os.environ[SESSION_ENV] = session_path
+
+
+if os.environ.get(SESSION_ENV):
+    _session_id = session_id(os.environ[SESSION_ENV])  # a worker: its node's session
+
+
+def enabled() -> bool:
+    return _session_id is not None and os.environ.get("RAYREF_SHM", "1") != "0" and os.path.isdir(SHM_DIR)
+
+
+def segment_names(session_path: str) -> list[str]:
+    """The names of the segments of a session still in ``/dev/shm``."""
+    start = f"{PREFIX}{session_id(session_path)}-"
+    try:
+        return sorted(n for n in os.listdir(SHM_DIR) if n.startswith(start))
+    except FileNotFoundError:
+        return []
+
+
+def cleanup(session_path: str) -> int:
+    """Unlink every segment left by a session (its processes are gone); the number removed."""
+    removed = 0
+    for name in segment_names(session_path):
+        try:
+            os.unlink(os.path.join(SHM_DIR, name))
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def segment_of(value) -> str | None:
+    """The segment a value (numpy array, memoryview, ...) is a view of, if any: for tests and users."""
+    seen = 0
+    while value is not None and seen < 64:
+        if isinstance(value, ShmMap):
+            return value.name
+        seen += 1
+        value = value.obj if isinstance(value, memoryview) else getattr(value, "base", None)
+    return None
+
+
+# ------------------------------------------------------------------ segments
+
+def _create(buffer) -> ShmMap | None:
+    """Copy ``buffer`` into a new segment (the one copy); None if shared memory is unavailable or full."""
+    view = memoryview(buffer).cast("B")
+    size = view.nbytes
+    name = f"{PREFIX}{_session_id}-{os.getpid()}-{next(_counter)}"
+    path = os.path.join(SHM_DIR, name)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as error:
+        return _unavailable(error)
+    try:
+        done = 0
+        while done < size:
+            done += os.write(fd, view[done:])
+        segment = ShmMap(fd, size, access=mmap.ACCESS_READ)
+    except OSError as error:
+        os.close(fd)
+        _unlink(name)
+        return _unavailable(error)
+    os.close(fd)
+    segment.name = name
+    _maps[name] = segment
+    return segment
+
+
+def _unavailable(error: OSError) -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        log.warning("shared memory unavailable (%s); large objects travel through gRPC instead", error)
+    return None
+
+
+def _attach(name: str, size: int, handoff: bool, host: str):
+    """The read-only buffer of segment ``name``, or the text of why it cannot be had."""
+    if not name.startswith(PREFIX) or "/" in name or name in (".", ".."):
+        return f"{name!r} is not the name of a rayref shared-memory segment"
+    segment = _maps.get(name)
+    if segment is None:
+        try:
+            fd = os.open(os.path.join(SHM_DIR, name), os.O_RDONLY)
+        except FileNotFoundError:
+            where = "" if host == _host else f" (it was made on host {host!r}; this process is on {_host!r})"
+            return (f"its shared-memory segment {SHM_DIR}/{name} no longer exists{where}: the object was freed "
+                    f"or evicted before this process could map it, or this process is not on the machine "
+                    f"(or container) that stored it")
+        try:
+            actual = os.fstat(fd).st_size
+            if actual != size:
+                return f"its shared-memory segment {SHM_DIR}/{name} holds {actual} bytes, not {size}"
+            segment = ShmMap(fd, size, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        segment.name = name
+        with _lock:
+            segment = _maps.setdefault(name, segment)
+    if handoff:
+        _own(segment)
+    return memoryview(segment)
+
+
+def _own(segment: ShmMap) -> None:
+    with _lock:
+        if segment.name in _owned:
+            return
+        _owned[segment.name] = 0.0
+    weakref.finalize(segment, _release, segment.name)
+
+
+def _release(name: str) -> None:
+    """The owner's mapping is gone: unlink now, or once the last descriptor sent had time to be mapped."""
+    with _lock:
+        sent = _owned.pop(name, 0.0)
+    due = sent + GRACE
+    if _exiting or time.monotonic() >= due:
+        _unlink(name)
+    else:
+        _defer(name, due)
+
+
+def _unlink(name: str) -> None:
+    try:
+        os.unlink(os.path.join(SHM_DIR, name))
+    except FileNotFoundError:
+        pass
+
+
+def _defer(name: str, due: float) -> None:
+    global _reaper
+    with _lock:
+        heapq.heappush(_deferred, (due, name))
+        _deferred_names.add(name)
+        if _reaper is None:
+            _reaper = threading.Condition(_lock)
+            threading.Thread(target=_reap, name="rayref-shm-reaper", daemon=True).start()
+        _reaper.notify()
+
+
+def _reap() -> None:
+    with _lock:
+        while True:
+            now = time.monotonic()
+            while _deferred and _deferred[0][0] <= now:
+                _, name = heapq.heappop(_deferred)
+                _deferred_names.discard(name)
+                _unlink(name)
+            _reaper.wait(_deferred[0][0] - now if _deferred else None)
+
+
+@atexit.register
+def _at_exit() -> None:
+    global _exiting
+    _exiting = True
+    with _lock:
+        names = list(_deferred_names)
+        _deferred.clear()
+        _deferred_names.clear()
+    for name in names:
+        _unlink(name)
+
+
+# ------------------------------------------------------------------ the codec
+
+class _Encoding:
+    """How the Blobs of one envelope travel (see the module doc)."""
+
+    def __init__(self, to: str, msg):
+        self.store_bound = isinstance(msg, _STORE_BOUND)
+        self.transfer = isinstance(msg, p.ObjectTransfer)
+        self.cross_node = _node_id is not None and to.split(".", 1)[0] != _node_id
+
+    def reduce_blob(self, blob: p.Blob):
+        keep = not self.cross_node  # the Blob stays in this process: swap its bytes for the mapping
+        data, data_spec, made = self.place(blob.data, keep)
+        buffers, specs = [], []
+        for buffer in blob.buffers:
+            kept, spec, new = self.place(buffer, keep)
+            buffers.append(kept)
+            specs.append(spec)
+            made |= new
+        if data_spec is blob.data and all(s is b for s, b in zip(specs, blob.buffers)):
+            return blob.__reduce_ex__(5)
+        if made and keep:
+            object.__setattr__(blob, "data", data)
+            object.__setattr__(blob, "buffers", tuple(buffers))
+        fields = {name: getattr(blob, name) for name in _BLOB_FIELDS}
+        fields["data"], fields["buffers"] = data_spec, tuple(specs)
+        return _rebuild_blob, (fields,)
+
+    def place(self, buffer, keep: bool):
+        """(what the Blob keeps here, what travels, whether a segment was made) for one buffer."""
+        if type(buffer) is memoryview:
+            segment = buffer.obj if isinstance(buffer.obj, ShmMap) else None
+            if segment is not None and buffer.nbytes == len(segment) and buffer.c_contiguous:
+                if not self.cross_node:
+                    with _lock:
+                        if segment.name in _owned:
+                            _owned[segment.name] = time.monotonic()
+                    return buffer, ("shm", segment.name, len(segment), False, _host), False
+                if self.transfer:
+                    return self.make(buffer, handoff=True)
+            return buffer, bytes(buffer), False
+        if self.store_bound and len(buffer) >= THRESHOLD and enabled():
+            # A worker or driver hands its new segment to its node; a node hands a transfer's copy to
+            # the receiving node and owns what it makes for its own store.
+            return self.make(buffer, handoff=_node_id is None or self.cross_node)
+        return buffer, buffer, False
+
+    def make(self, buffer, handoff: bool):
+        segment = _create(buffer)
+        if segment is None:
+            return buffer, bytes(buffer) if type(buffer) is memoryview else buffer, False
+        if not handoff:
+            _own(segment)
+            with _lock:
+                _owned[segment.name] = time.monotonic()
+        return memoryview(segment), ("shm", segment.name, len(segment), handoff, _host), True
+
+
+_encoding = threading.local()
+
+
+def _reduce_blob(blob: p.Blob):
+    encoding = getattr(_encoding, "current", None)
+    return blob.__reduce_ex__(5) if encoding is None else encoding.reduce_blob(blob)
+
+
+class _Pickler(pickle.Pickler):
+    dispatch_table = {**copyreg.dispatch_table, p.Blob: _reduce_blob}
+
+
+def dumps(envelope: tuple) -> bytes:
+    """Pickle an envelope ``(src, to, msg)``."""
+    out = io.BytesIO()
+    _encoding.current = _Encoding(envelope[1], envelope[2])
+    try:
+        _Pickler(out, protocol=5).dump(envelope)
+    finally:
+        _encoding.current = None
+    return out.getvalue()
+
+
+def _rebuild_blob(fields: dict) -> p.Blob:
+    problems = []
+
+    def load(spec):
+        if type(spec) is tuple and spec and spec[0] == "shm":
+            found = _attach(*spec[1:])
+            if isinstance(found, str):
+                problems.append(found)
+                return b""
+            return found
+        return spec
+
+    fields["data"] = load(fields["data"])
+    fields["buffers"] = tuple(load(s) for s in fields["buffers"])
+    if problems:
+        log.warning("an object could not be read: %s", problems[0])
+        return p.Blob(data=b"", nbytes=fields["nbytes"], contained=fields["contained"], is_error=True,
+                      system_error=("ObjectLostError", f"The object cannot be read here: {problems[0]}."))
+    return p.Blob(**fields)
