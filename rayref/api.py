@@ -154,7 +154,7 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() takes the ObjectRef returned by .remote(), got {_describe(object_ref)}.")
     ctx = worker.current()
-    task = ctx.cw.tasks.get(object_ref.hex().rsplit(".r", 1)[0])
+    task = ctx.call(ctx.cw.tasks.get, object_ref.hex().rsplit(".r", 1)[0])
     if task is not None and force and task.spec.actor_id:
         raise ValueError("force=True is not supported for actor tasks; use ray.kill(actor) to stop the actor.")
     ctx.call(ctx.cw.cancel, object_ref.hex(), force, recursive)

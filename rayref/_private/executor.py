@@ -95,12 +95,8 @@ def failed(spec: p.TaskSpec, error: BaseException, retryable: bool | None = None
 
 
 def error_blob(spec: p.TaskSpec, error: BaseException) -> p.Blob:
-    if isinstance(error, exceptions.RayTaskError):
-        cause = error
-    else:
-        cause = error
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    task_error = exceptions.RayTaskError(spec.name, text, cause, os.getpid(), spec.owner_node)
+    task_error = exceptions.RayTaskError(spec.name, text, error, os.getpid(), spec.owner_node)
     try:
         return serialization.serialize(task_error, is_error=True)
     except Exception:

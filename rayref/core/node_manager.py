@@ -381,12 +381,10 @@ class NodeManager:
                                     f"in the cluster can ever provide", final=True)
 
     def _on_peer_unreachable(self, msg: p.PeerUnreachable) -> None:
-        """A requester died before its reply arrived: give back what it was granted."""
+        """A requester died before its grant arrived: give the lease back. Other bounces need nothing."""
         original = msg.original
         if isinstance(original, p.LeaseGranted):
             self._on_return_lease(p.ReturnWorkerLease(lease_id=original.lease_id, worker_id=original.worker_id))
-        elif isinstance(original, p.LeaseSpilled | p.LeaseRejected | p.LeaseInfeasible):
-            return
 
     # ------------------------------------------------------------------ objects
 

@@ -19,7 +19,8 @@ that covered it ends (so an object is never freed while a borrower may still use
    ``TaskReply``; the caller (still holding it through ``submitted``) registers it;
 2. a worker whose return value contains a ref registers the caller as borrower before it
    releases its own hold;
-3. any other deserialization (a ``get`` of a value containing refs) registers at once.
+3. any other deserialization (a ``get`` of a value containing refs) registers on the core
+   worker's next entry, when the new ``ObjectRef`` is counted.
 
 Invariant RC1: an owned object that is held, or has borrowers, is in the table.
 Invariant RC2: counts are never negative.

@@ -36,10 +36,6 @@ class SchedulingPolicy(Protocol):
              nodes: Sequence[NodeInfo], rng: Any) -> Placement: ...
 
 
-def _feasible(request: Resources, nodes: Sequence[NodeInfo]) -> list[NodeInfo]:
-    return [n for n in nodes if n.alive and request.fits_in(n.total)]
-
-
 def _split(request: Resources, nodes: Sequence[NodeInfo]) -> tuple[list[NodeInfo], list[NodeInfo]]:
     """(nodes that could ever run the request, those of them that can run it now), one pass."""
     feasible, ready = [], []
@@ -114,10 +110,9 @@ class SpreadPolicy:
         self.next_index = 0
 
     def pick(self, request, strategy, local, nodes, rng) -> Placement:
-        feasible = _feasible(request, nodes)
+        feasible, ready = _split(request, nodes)
         if not feasible:
             return _infeasible(request)
-        ready = [n for n in feasible if request.fits_in(n.available)]
         pool = ready or feasible
         node = pool[self.next_index % len(pool)]
         self.next_index += 1
@@ -128,10 +123,9 @@ class RandomPolicy(HybridPolicy):
     """Uniform among the nodes that can run the request now; for experiments."""
 
     def _hybrid(self, request, local, nodes, rng) -> Placement:
-        feasible = _feasible(request, nodes)
+        feasible, ready = _split(request, nodes)
         if not feasible:
             return _infeasible(request)
-        ready = [n for n in feasible if request.fits_in(n.available)]
         pool = ready or feasible
         return Placement(pool[int(rng.random() * len(pool))].node_id, ready=bool(ready))
 
