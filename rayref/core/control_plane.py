@@ -87,6 +87,7 @@ class ControlPlane:
             p.TaskReply: self._on_creation_reply,
             p.Query: self._on_query,
             p.ClusterQuiescent: self._on_quiescent,
+            p.ProcessDied: self._on_process_died,
             p.PeerUnreachable: self._on_peer_unreachable,
         }
 
@@ -182,6 +183,19 @@ class ControlPlane:
         for actor_id in waiting:
             if self.actors[actor_id].state in (ActorState.PENDING_CREATION, ActorState.RESTARTING):
                 self._schedule(actor_id)
+
+    def _on_process_died(self, msg: p.ProcessDied) -> None:
+        """The actors a dead process created die with it (detached ones live on); every node
+        frees the workers leased to it."""
+        for record in self.actors.values():
+            if record.spec.owner == msg.address and not record.spec.actor.detached \
+                    and record.state != ActorState.DEAD:
+                record.death_cause = f"its owner {msg.address} died"
+                self._kill(record, no_restart=True)
+            record.subscribers.pop(msg.address, None)
+        for node_id, node in self.nodes.items():
+            if node.alive:
+                self._send(node_id, msg)
 
     def _on_quiescent(self, msg: p.ClusterQuiescent) -> None:
         """Nothing will change any more: actors that no node can ever host are dead."""

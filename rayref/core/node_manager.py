@@ -130,6 +130,7 @@ class NodeManager:
             p.ObjectTransfer: self._on_object_transfer,
             p.FreeObjects: self._on_free_objects,
             p.PeerUnreachable: self._on_peer_unreachable,
+            p.ProcessDied: self._on_process_died,
         }
 
     # ------------------------------------------------------------------ the one way in
@@ -333,6 +334,8 @@ class NodeManager:
             self.idle.append(worker_id)
 
     def _on_worker_exited(self, msg: p.WorkerExited) -> None:
+        """A process of this node is gone (a worker, or a driver attached here)."""
+        self._send(p.CONTROL_PLANE, p.ProcessDied(address=msg.worker_id))
         record = self.workers.pop(msg.worker_id, None)
         if record is None:
             return
@@ -379,6 +382,17 @@ class NodeManager:
                 spec = lease.request.spec
                 self._reject(lease, f"{spec.name} needs {spec.resources.to_dict()}, which no node "
                                     f"in the cluster can ever provide", final=True)
+
+    def _on_process_died(self, msg: p.ProcessDied) -> None:
+        """Workers leased to a dead process run work nobody will collect: kill them, free their resources."""
+        held = [(i, lease) for i, lease in self.leases.items() if lease.request.requester == msg.address]
+        for lease_id, lease in held:
+            if lease.state != LeaseState.GRANTED:
+                self._on_cancel_lease(p.CancelLease(lease_id=lease_id))
+        for lease_id, lease in held:
+            if lease.state == LeaseState.GRANTED:
+                self._on_return_lease(p.ReturnWorkerLease(lease_id=lease_id, worker_id=lease.worker_id,
+                                                          worker_exiting=True))
 
     def _on_peer_unreachable(self, msg: p.PeerUnreachable) -> None:
         """A requester died before its grant arrived: give the lease back. Other bounces need nothing."""

@@ -469,6 +469,17 @@ class WorkerExited(Message):
 
 
 @frozen
+class ProcessDied(Message):
+    """A worker or driver process is gone: NM -> CP, then CP -> every NM.
+
+    What it owned dies with it, as in Ray: the actors it created (unless detached) and the
+    workers leased to it for its tasks.
+    """
+
+    address: str
+
+
+@frozen
 class PeerUnreachable(Message):
     """A message could not be delivered: its addressee is dead or gone."""
 

@@ -393,10 +393,10 @@ def test_worker_exit_of_a_leased_worker_sends_leased_worker_died():
     nm.validate()
 
 
-def test_worker_exit_of_an_idle_worker_is_silent():
+def test_worker_exit_of_an_idle_worker_is_only_reported_to_the_control_plane():
     nm = ready_nm(CPU=2)
     out = nm.handle(p.WorkerExited(worker_id="node-1.w2", node_id="node-1", reason="idle"), 0.0)
-    assert sends(out) == []
+    assert sends_to(out, p.Message) == [(p.CONTROL_PLANE, p.ProcessDied(address="node-1.w2"))]
     assert list(nm.idle) == ["node-1.w1"]
     nm.validate()
 
@@ -492,4 +492,15 @@ def test_free_before_put_drops_the_late_put():
     nm.handle(p.FreeObjects(object_ids=("o1",)), 0.0)
     nm.handle(p.PutObject(object_id="o1", owner=DRIVER, blob=blob(10)), 0.1)
     assert "o1" not in nm.store and nm.store.used == 0
+    nm.validate()
+
+
+def test_leases_held_by_a_dead_process_are_killed_and_released():
+    """NM1, NM3: a dead requester's granted lease is returned with its worker killed; a queued one dropped."""
+    nm = ready_nm(CPU=1)
+    [(_, granted)] = sends_to(nm.handle(lease_request("l1", requester="node-1.w7"), 0.0), p.LeaseGranted)
+    nm.handle(lease_request("l2", requester="node-1.w7"), 0.0)
+    out = nm.handle(p.ProcessDied(address="node-1.w7"), 0.1)
+    assert of_type(out, p.KillWorker) == [p.KillWorker(worker_id=granted.worker_id, reason="lease returned with exit")]
+    assert nm.leases == {} and nm.available.get("CPU") == 1
     nm.validate()

@@ -183,3 +183,26 @@ def test_gpus_detected_from_cuda_visible_devices_and_mapped(monkeypatch):
     got = rayref.get([gpu.remote(), gpu.remote()])
     assert sorted(visible for _, visible in got) == ["4", "6"]
     assert all(ids == [int(visible)] for ids, visible in got)
+
+
+def test_a_connected_driver_that_exits_gives_back_its_workers(tmp_path):
+    """LIFE2, G-OWNER-DEATH: the cluster frees what a departed driver held (its leases)."""
+    rayref.init(transport="grpc", num_cpus=2)
+    info = worker.transport().context_info()
+    script = textwrap.dedent(f"""
+        import time
+        import rayref
+        rayref.init(address={info['address']!r})
+        @rayref.remote
+        def hold():
+            time.sleep(120)
+        ref = hold.remote()
+        rayref.wait([ref], timeout=1.0)
+        print("holding", flush=True)
+        import os
+        os._exit(0)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert "holding" in done.stdout, done.stderr
+    _eventually(lambda: rayref.available_resources().get("CPU") == 2, timeout=20,
+                what="the departed driver's CPU coming back")

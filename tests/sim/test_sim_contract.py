@@ -326,3 +326,33 @@ def test_actor_out_of_scope_dies_even_when_its_last_call_was_cancelled(make_clus
     assert rayref.get(first) == 1
     time.sleep(2)
     assert cluster.runtime.control_plane.actors[actor_id].state.value == "DEAD"
+
+
+def test_what_a_dead_process_owned_dies_with_it(make_cluster):
+    """LIFE2: a crashed task's running children and the actors it created are stopped, their resources freed."""
+    cluster = make_cluster(nodes=[{"num_cpus": 3}])
+
+    @rayref.remote
+    class Orphan:
+        def ping(self):
+            return "pong"
+
+    @rayref.remote
+    def child():
+        time.sleep(10**6)
+
+    @rayref.remote(max_retries=0)
+    def parent():
+        child.remote()
+        actor = Orphan.remote()
+        rayref.get(actor.ping.remote())
+        time.sleep(1)
+        os._exit(1)
+
+    with pytest.raises(rayref.exceptions.WorkerCrashedError):
+        rayref.get(parent.remote())
+    time.sleep(1)
+    head = cluster.runtime.node_managers[cluster.nodes[0].node_id]
+    assert head.leases == {} and head.available.get("CPU") == 3
+    actors = cluster.runtime.control_plane.actors.values()
+    assert [a.state.value for a in actors] == ["DEAD"] and "owner" in next(iter(actors)).death_cause

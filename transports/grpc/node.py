@@ -245,6 +245,9 @@ class NodeServer:
     def _detached(self, address: str) -> None:
         popen = self.workers.pop(address, None)
         if popen is None:
+            if self.nm is not None:
+                self.deliver(address, self.node_id, p.WorkerExited(worker_id=address, node_id=self.node_id,
+                                                                   reason="the driver detached"))
             return
         if popen.poll() is None:
             popen.kill()
