@@ -209,13 +209,15 @@ class NodeServer:
     # ------------------------------------------------------------------ the gRPC methods
 
     async def receive(self, request_iterator, context):
-        await wire.check_token(context, self.token)
+        if not wire.authorized(context, self.token):
+            return b""
         async for data in request_iterator:
             self.route(*wire.decode(data))
         return b""
 
     async def attach(self, request_iterator, context):
-        await wire.check_token(context, self.token)
+        if not wire.authorized(context, self.token):
+            return
         address, _, _ = wire.decode(await request_iterator.__anext__())
         queue = self.attached[address] = asyncio.Queue()
         reader = asyncio.ensure_future(self._read(request_iterator))

@@ -43,12 +43,18 @@ def metadata(token: str) -> tuple:
     return ((TOKEN_KEY, token),)
 
 
-async def check_token(context, token: str) -> None:
-    presented = dict(context.invocation_metadata()).get(TOKEN_KEY)
-    if presented != token:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                            "rayref: missing or wrong cluster token; pass the token of this cluster "
-                            "(its session directory's 'token' file) to connect.")
+def authorized(context, token: str) -> bool:
+    """True if the call carries the cluster's token; else the call's status says why it is refused.
+
+    The handler then ends without reading anything (aborting from inside a streaming handler
+    can lose the reason).
+    """
+    if dict(context.invocation_metadata()).get(TOKEN_KEY) == token:
+        return True
+    context.set_code(grpc.StatusCode.UNAUTHENTICATED)
+    context.set_details("rayref: missing or wrong cluster token; pass the token of this cluster "
+                        "(its session directory's 'token' file) to connect.")
+    return False
 
 
 def channel(endpoint: str) -> grpc.aio.Channel:
