@@ -10,20 +10,23 @@ import rayref
 BIG = 300_000  # elements; a float64 array of this size is far above the 100 KiB inline threshold
 
 
+@rayref.remote
+class Box:
+    """An actor keeping the refs its constructor got, and reading the first later."""
+
+    def __init__(self, box):
+        self.box = box
+
+    def ready(self):
+        return True
+
+    def total(self):
+        return float(rayref.get(self.box[0]).sum())
+
+
 def test_actor_constructor_argument_stays_alive(make_cluster):
     """BOR1: refs an actor keeps from its constructor's arguments are registered as borrowed."""
     make_cluster()
-
-    @rayref.remote
-    class Box:
-        def __init__(self, box):
-            self.box = box
-
-        def ready(self):
-            return True
-
-        def total(self):
-            return float(rayref.get(self.box[0]).sum())
 
     x = rayref.put(np.ones(BIG))
     box = Box.remote([x])
@@ -254,17 +257,6 @@ def test_constructor_borrow_is_registered_by_the_owner_even_over_a_slow_link():
         class Maker:
             def make(self):
                 return [rayref.put(np.ones(BIG))]
-
-        @rayref.remote
-        class Box:
-            def __init__(self, box):
-                self.box = box
-
-            def ready(self):
-                return True
-
-            def total(self):
-                return float(rayref.get(self.box[0]).sum())
 
         @rayref.remote(resources={"creator": 0.5})
         def create(maker):
