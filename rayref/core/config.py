@@ -18,3 +18,5 @@ class EngineConfig:
     prestart_workers: bool = True
     default_max_retries: int = 3
     async_actor_concurrency: int = 1000
+    actor_reply_grace: float = 0.2
+    """Seconds a caller still accepts replies from an actor incarnation it heard has died."""

@@ -277,6 +277,9 @@ class CoreWorker:
                 self.send(self.node_id, p.WorkerBlocked(worker_id=self.address))
 
     def _on_timer(self, msg: p.TimerFired) -> None:
+        if msg.key[0] == "inflight":
+            self.actors.on_grace_over(*msg.key[1:])
+            return
         waiter = self.waiters.get(msg.key[1])
         if waiter is not None:
             self._finish(waiter, timed_out=True)
@@ -495,8 +498,10 @@ class CoreWorker:
     # ------------------------------------------------------------------ API: actors and queries
 
     def kill_actor(self, actor_id: str, no_restart: bool) -> None:
-        self.send(p.CONTROL_PLANE, p.KillActor(actor_id=actor_id, no_restart=no_restart,
-                                               reason="the actor was killed by ray.kill()"))
+        reason = "the actor was killed by ray.kill()"
+        self.send(p.CONTROL_PLANE, p.KillActor(actor_id=actor_id, no_restart=no_restart, reason=reason))
+        if no_restart:
+            self.actors.on_killed(actor_id, reason)
 
     def await_registration(self, actor_id: str) -> Waiter:
         self.seq += 1

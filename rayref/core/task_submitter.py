@@ -273,17 +273,27 @@ class ActorTaskSubmitter:
 
     def on_state(self, msg: p.ActorStateChanged) -> None:
         ch = self.channels.get(msg.actor_id)
-        if ch is None:
+        if ch is None or ch.state == ChannelState.DEAD:  # DEAD is final (a kill may be known before the news)
             return
         info = msg.info
         ch.state = ChannelState(info.state)
         ch.death_cause = info.death_cause
         if ch.state in (ChannelState.RESTARTING, ChannelState.DEAD):
-            self._lose_inflight(ch, lambda address: True)
+            self._lose_inflight_later(ch, lambda address: True)
         elif ch.state == ChannelState.ALIVE:
-            self._lose_inflight(ch, lambda address: address != info.address)
+            self._lose_inflight_later(ch, lambda address: address != info.address)
         ch.address = info.address
         self.pump(msg.actor_id)
+        self.cw.actor_state_changed(ch)
+
+    def on_killed(self, actor_id: str, reason: str) -> None:
+        """This process killed the actor for good: its later calls fail at once, as in Ray."""
+        ch = self.channels.get(actor_id)
+        if ch is None or ch.state == ChannelState.DEAD:
+            return
+        ch.state, ch.death_cause = ChannelState.DEAD, reason
+        self._lose_inflight_later(ch, lambda address: True)
+        self.pump(actor_id)
         self.cw.actor_state_changed(ch)
 
     def on_registration_failed(self, msg: p.ActorRegistrationFailed) -> None:
@@ -297,7 +307,7 @@ class ActorTaskSubmitter:
         """A push to a dead incarnation; if a new one is already known, retry or fail now."""
         ch = self.channels.get(msg.spec.actor_id)
         if ch is not None and ch.address != to and ch.state == ChannelState.ALIVE:
-            self._lose_inflight(ch, lambda address: address == to)
+            self._lose_inflight(ch, lambda task_id, address: address == to)
             self.pump(ch.actor_id)
 
     def on_reply(self, task: PendingTask) -> None:
@@ -316,8 +326,24 @@ class ActorTaskSubmitter:
         if ch is not None and ch.state == ChannelState.ALIVE:
             self.pump(actor_id)
 
+    def _lose_inflight_later(self, ch: ActorChannel, lost_if) -> None:
+        """Calls in flight to a dead incarnation are lost, but only after ``actor_reply_grace``:
+        replies it sent before it died may travel a faster path than the news of its death
+        (Ray likewise waits for the call's own connection to fail, not for the GCS)."""
+        doomed = tuple(item for item in ch.inflight.items() if lost_if(item[1]))
+        if doomed:
+            self.cw.out.append(p.StartTimer(key=("inflight", ch.actor_id, doomed),
+                                            delay=self.cw.config.actor_reply_grace))
+
+    def on_grace_over(self, actor_id: str, doomed: tuple) -> None:
+        ch = self.channels.get(actor_id)
+        if ch is not None:
+            doomed = set(doomed)
+            self._lose_inflight(ch, lambda task_id, address: (task_id, address) in doomed)
+            self.pump(actor_id)
+
     def _lose_inflight(self, ch: ActorChannel, lost_if) -> None:
-        lost = [tid for tid, address in ch.inflight.items() if lost_if(address)]
+        lost = [tid for tid, address in ch.inflight.items() if lost_if(tid, address)]
         retry = []
         for task_id in lost:
             del ch.inflight[task_id]

@@ -456,9 +456,31 @@ def test_actor_death_fails_in_flight_calls_without_retries():
     cw.handle(p.ActorStateChanged(actor_id="a1", info=alive), 0.1)
     waiter = cw.begin_get([ref("c0.r0")], None)
     dead = p.ActorInfo(actor_id="a1", state="DEAD", death_cause="oom")
-    cw.handle(p.ActorStateChanged(actor_id="a1", info=dead), 0.2)
+    out = cw.handle(p.ActorStateChanged(actor_id="a1", info=dead), 0.2)
+    [timer] = of_type(out, p.StartTimer)
+    assert not waiter.done and timer.delay == EngineConfig().actor_reply_grace
+    cw.handle(p.TimerFired(key=timer.key), 0.2 + timer.delay)
     [result] = cw.results(waiter)
     assert waiter.done and result.system_error[0] == "ActorDiedError" and "oom" in result.system_error[1]
+
+
+def test_a_reply_that_arrives_after_the_news_of_death_still_counts():
+    """The reply of a call can travel a faster path than its actor's death; within the grace it wins."""
+    cw = driver()
+    cw.create_actor(spec("a1.create", name="A", kind=p.TaskKind.ACTOR_CREATION, actor_id="a1", actor=p.ActorOptions()))
+    call = spec("c0", name="A.m", kind=p.TaskKind.ACTOR_TASK, actor_id="a1", method="m")
+    cw.submit_actor_task(call)
+    hold(cw, ref("c0.r0"))
+    alive = p.ActorInfo(actor_id="a1", state="ALIVE", address="node-1.w5", node_id="node-1")
+    cw.handle(p.ActorStateChanged(actor_id="a1", info=alive), 0.1)
+    waiter = cw.begin_get([ref("c0.r0")], None)
+    out = cw.handle(p.ActorStateChanged(actor_id="a1", info=p.ActorInfo(actor_id="a1", state="DEAD")), 0.2)
+    [timer] = of_type(out, p.StartTimer)
+    cw.handle(reply(call, "node-1.w5", value(b"done")), 0.21)
+    cw.handle(p.TimerFired(key=timer.key), 0.2 + timer.delay)
+    [result] = cw.results(waiter)
+    assert not result.is_error and result.data == b"done"
+    cw.validate()
 
 
 # ------------------------------------------------------------------ executor side

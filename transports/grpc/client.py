@@ -122,6 +122,7 @@ def _attach(head: dict, token: str, namespace: str, job_env) -> ProcessHost:
             return
         ready.set()
         loop.run_forever()
+        loop.run_until_complete(host.server.stop(0))
         tasks = asyncio.all_tasks(loop)
         for task in tasks:
             task.cancel()

@@ -10,7 +10,9 @@ while its commands are carried out. A blocked user thread waits on an event that
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ctypes
+import queue
 from collections import deque
 import logging
 import os
@@ -52,23 +54,28 @@ class ProcessHost:
         self.pending: deque = deque()
         self.gpu_devices = [d for d in os.environ.get("RAYREF_NODE_GPUS", "").split(",") if d]
         self.flush_scheduled = False
+        self.direct: dict[str, wire.Outbox] = {}
+        self.via_node: set[str] = set()
+        self.runners = Runners(self)
 
     # ------------------------------------------------------------------ the loop side
 
     async def attach(self) -> None:
+        """Serve ``Send`` for peers of this node, then open the stream to the node."""
         self.loop = asyncio.get_running_loop()
         self.loop_thread = threading.get_ident()
-        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.server = grpc.aio.server(options=wire.OPTIONS)
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(wire.SERVICE, {
+            "Send": grpc.stream_unary_rpc_method_handler(
+                self.receive, request_deserializer=wire.identity, response_serializer=wire.identity)}),))
+        self.server.add_insecure_port(wire.local_endpoint(self.token, self.address))
+        await self.server.start()
+        self.to_node = wire.Outbox(self._flush)
+        self.to_node.put(wire.encode(self.address, "", "attach"))
         self.channel = wire.channel(self.endpoint)
         call = self.channel.stream_stream(wire.ATTACH, request_serializer=wire.identity,
                                           response_deserializer=wire.identity)
-
-        async def outgoing():
-            yield wire.encode(self.address, "", "attach")
-            while True:
-                yield await self.outbox.get()
-
-        self.stream = call(outgoing(), metadata=wire.metadata(self.token))
+        self.stream = call(self.to_node.batches(), metadata=wire.metadata(self.token))
         try:
             await self.stream.read()
         except grpc.aio.AioRpcError as error:
@@ -79,12 +86,24 @@ class ProcessHost:
     async def _read(self) -> None:
         try:
             while (data := await self.stream.read()) is not grpc.aio.EOF:
-                _, _, msg = wire.decode(data)
-                self.on_message(msg)
+                self.on_messages(wire.unpack(data))
         except Exception as error:  # noqa: BLE001 - the node went away or refused us; we are detached
             self.detach_error = error
         finally:
             self.detached.set()
+
+    async def receive(self, request_iterator, context):
+        """A peer process of this node streams envelopes straight to this one."""
+        if not wire.authorized(context, self.token):
+            return b""
+        async for data in request_iterator:
+            self.on_messages(wire.unpack(data))
+        return b""
+
+    def on_messages(self, envelopes) -> None:
+        with self.lock:
+            for _, _, msg in envelopes:
+                self.dispatch(self.cw.handle(msg, time.monotonic()))
 
     def on_message(self, msg: p.Message) -> None:
         with self.lock:
@@ -94,11 +113,11 @@ class ProcessHost:
         for cmd in commands:
             kind = type(cmd)
             if kind is p.Send:
-                self._post(wire.encode(self.address, cmd.to, cmd.msg))
+                self._post(cmd.to, wire.encode(self.address, cmd.to, cmd.msg))
             elif kind is p.Wake:
                 self.events.setdefault(cmd.waiter, threading.Event()).set()
             elif kind is p.ExecuteTask:
-                threading.Thread(target=self._run, args=(cmd,), daemon=True).start()
+                self._start(cmd)
             elif kind is p.StartTimer:
                 self._in_loop(self.loop.call_later, cmd.delay, self.on_message, p.TimerFired(key=cmd.key))
             elif kind is p.InterruptTask:
@@ -116,9 +135,9 @@ class ProcessHost:
         else:
             self.loop.call_soon_threadsafe(fn, *args)
 
-    def _post(self, data: bytes) -> None:
-        """Queue an envelope in dispatch order, whichever thread dispatched it (FIFO1)."""
-        self.pending.append(data)
+    def _post(self, to: str, envelope: bytes) -> None:
+        """Queue an envelope in dispatch order, whichever thread dispatched it."""
+        self.pending.append((to, envelope))
         if threading.get_ident() == self.loop_thread:
             self._flush()
         elif not self.flush_scheduled:
@@ -126,9 +145,56 @@ class ProcessHost:
             self.loop.call_soon_threadsafe(self._flush)
 
     def _flush(self) -> None:
+        """Hand envelopes to their streams in dispatch order, across streams too: one goes to its
+        stream only when every earlier one on another stream has been written. So what this
+        process sent before a message to its node (a reply, then a request to end the actor)
+        has left before it, as when every envelope went through the node (FIFO1 and more)."""
         self.flush_scheduled = False
         while self.pending:
-            self.outbox.put_nowait(self.pending.popleft())
+            to, envelope = self.pending[0]
+            outbox = self._outbox(to)
+            if any(other.unwritten for other in self.streams() if other is not outbox):
+                return
+            self.pending.popleft()
+            outbox.put(envelope)
+
+    def streams(self):
+        yield self.to_node
+        yield from self.direct.values()
+
+    def _outbox(self, to: str) -> wire.Outbox:
+        """A process of this node gets its envelopes directly; everyone else through the node."""
+        outbox = self.direct.get(to)
+        if outbox is not None:
+            return outbox
+        if "." not in to or to.split(".", 1)[0] != self.cw.node_id or to in self.via_node:
+            return self.to_node
+        outbox = self.direct[to] = wire.Outbox(self._flush)
+        asyncio.ensure_future(self._stream_direct(to, outbox))
+        return outbox
+
+    async def _stream_direct(self, to: str, outbox: wire.Outbox) -> None:
+        """Stream to a peer's socket; if it cannot be reached, its envelopes (these and later
+        ones, in order) go through the node, which delivers them or answers PeerUnreachable."""
+        channel = wire.channel(wire.local_endpoint(self.token, to))
+        try:
+            state = channel.get_state(try_to_connect=True)
+            while state not in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE):
+                await channel.wait_for_state_change(state)
+                state = channel.get_state()
+            if state is grpc.ChannelConnectivity.READY:
+                send = channel.stream_unary(wire.SEND, request_serializer=wire.identity,
+                                            response_deserializer=wire.identity)
+                await send(outbox.batches(), metadata=wire.metadata(self.token))
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        finally:
+            self.via_node.add(to)
+            self.direct.pop(to, None)
+            for envelope in outbox.take():
+                self.to_node.put(envelope)
+            self._flush()
+            await channel.close()
 
     # ------------------------------------------------------------------ ProcessContext
 
@@ -181,21 +247,28 @@ class ProcessHost:
         """The node's device ids for the engine's GPU indices (CUDA_VISIBLE_DEVICES of the node)."""
         return [self.gpu_devices[i] if i < len(self.gpu_devices) else str(i) for i in gpu_ids]
 
-    def _run(self, cmd: p.ExecuteTask) -> None:
+    def _start(self, cmd: p.ExecuteTask) -> None:
+        """A coroutine method runs on the actor's event loop; anything else on a thread of the pool."""
+        spec = cmd.spec
+        if spec.kind == p.TaskKind.ACTOR_TASK and self._is_coroutine(spec.method):
+            future = asyncio.run_coroutine_threadsafe(self._run_async(cmd), self.actor_loop)
+            self.task_threads[spec.task_id] = future
+            future.add_done_callback(lambda done: self.on_message(done.result()))
+        else:
+            self.runners.start(cmd)
+
+    def _run(self, cmd: p.ExecuteTask) -> p.TaskExecuted:
         spec = cmd.spec
         devices = self._devices(cmd.gpu_ids)
         self.local.task = RunningTask(spec, tuple(int(d) if d.isdigit() else d for d in devices))
         self.task_threads[spec.task_id] = threading.get_ident()
         self._environment(cmd)
-        if spec.kind == p.TaskKind.ACTOR_TASK and self._is_coroutine(spec.method):
-            future = asyncio.run_coroutine_threadsafe(self._run_async(cmd), self.actor_loop)
-            outcome = future.result()
-        else:
-            outcome = self._outcome(cmd)
-        self.task_threads.pop(spec.task_id, None)
+        outcome = self._outcome(cmd)
+        with self.lock:  # no cancellation is sent to this thread after this (InterruptTask runs under the lock)
+            self.task_threads.pop(spec.task_id, None)
         if spec.kind == p.TaskKind.ACTOR_CREATION and spec.actor.is_async and not outcome.returns[0].is_error:
             self._start_actor_loop()
-        self.on_message(outcome)
+        return outcome
 
     def _outcome(self, cmd: p.ExecuteTask) -> p.TaskExecuted:
         spec = cmd.spec
@@ -211,8 +284,12 @@ class ProcessHost:
         try:
             fn, args, kwargs = executor.bind(self, spec, cmd.args)
             return executor.finished(spec, await fn(*args, **kwargs))
+        except asyncio.CancelledError:
+            return executor.failed(spec, KeyboardInterrupt())
         except BaseException as error:  # noqa: BLE001
             return executor.failed(spec, error)
+        finally:
+            self.task_threads.pop(spec.task_id, None)
 
     def _is_coroutine(self, method: str) -> bool:
         return self.actor_loop is not None and asyncio.iscoroutinefunction(getattr(type(self.actor), method, None))
@@ -236,6 +313,36 @@ class ProcessHost:
         self._task_env = tuple(env)
 
     def _interrupt(self, task_id: str) -> None:
-        ident = self.task_threads.get(task_id)
-        if ident is not None:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt))
+        running = self.task_threads.get(task_id)
+        if isinstance(running, concurrent.futures.Future):
+            running.cancel()
+        elif running is not None:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(running), ctypes.py_object(KeyboardInterrupt))
+
+
+class Runners:
+    """Threads that run tasks, reused: a thread is idle again before its task's outcome is handled,
+    so the next task (often dispatched by that very outcome) runs on it."""
+
+    def __init__(self, host: ProcessHost):
+        self.host = host
+        self.idle: list[queue.SimpleQueue] = []
+
+    def start(self, cmd: p.ExecuteTask) -> None:
+        try:
+            inbox = self.idle.pop()
+        except IndexError:
+            inbox = queue.SimpleQueue()
+            threading.Thread(target=self._serve, args=(inbox,), name="rayref-task", daemon=True).start()
+        inbox.put(cmd)
+
+    def _serve(self, inbox: queue.SimpleQueue) -> None:
+        while True:
+            cmd = inbox.get()
+            try:
+                outcome = self.host._run(cmd)
+            except KeyboardInterrupt:  # the cancellation arrived as the task finished
+                self.host.task_threads.pop(cmd.spec.task_id, None)
+                outcome = executor.failed(cmd.spec, KeyboardInterrupt())
+            self.idle.append(inbox)
+            self.host.on_message(outcome)

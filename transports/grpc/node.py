@@ -58,8 +58,8 @@ class NodeServer:
         self.config = config or EngineConfig()
         self.cp = ControlPlane(self.config, random.Random()) if self.is_head else None
         self.nm: NodeManager | None = None
-        self.attached: dict[str, asyncio.Queue] = {}
-        self.peers: dict[str, asyncio.Queue] = {}
+        self.attached: dict[str, wire.Outbox] = {}
+        self.peers: dict[str, wire.Outbox] = {}
         self.workers: dict[str, subprocess.Popen] = {}
         self.endpoint = ""
         self.inbox: deque = deque()
@@ -70,8 +70,7 @@ class NodeServer:
     async def serve(self, port: int) -> None:
         self.loop = asyncio.get_running_loop()
         self.stopped = asyncio.Event()
-        server = grpc.aio.server(options=[("grpc.max_send_message_length", -1),
-                                          ("grpc.max_receive_message_length", -1)])
+        server = grpc.aio.server(options=wire.OPTIONS)
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(wire.SERVICE, {
             "Attach": grpc.stream_stream_rpc_method_handler(
                 self.attach, request_deserializer=wire.identity, response_serializer=wire.identity),
@@ -131,7 +130,7 @@ class NodeServer:
         if node == self.node_id:
             self.deliver(src, to, msg)
         else:
-            self.peer(node).put_nowait(wire.encode(src, to, msg))
+            self.peer(node).put(wire.encode(src, to, msg))
 
     def deliver(self, src: str, to: str, msg: p.Message) -> None:
         """To an engine of this node (in arrival order, never re-entrantly) or an attached process."""
@@ -140,9 +139,9 @@ class NodeServer:
             if not self.delivering:
                 self._drain_inbox()
             return
-        queue = self.attached.get(to)
-        if queue is not None:
-            queue.put_nowait(wire.encode(src, to, msg))
+        outbox = self.attached.get(to)
+        if outbox is not None:
+            outbox.put(wire.encode(src, to, msg))
         elif not isinstance(msg, p.PeerUnreachable):
             self.route(to, src, p.PeerUnreachable(to=to, original=msg))
 
@@ -185,23 +184,19 @@ class NodeServer:
                     return node.address
         raise KeyError(node_id)
 
-    def peer(self, node_id: str) -> asyncio.Queue:
-        queue = self.peers.get(node_id)
-        if queue is None:
-            queue = self.peers[node_id] = asyncio.Queue()
-            asyncio.ensure_future(self._stream_to(node_id, queue))
-        return queue
+    def peer(self, node_id: str) -> wire.Outbox:
+        outbox = self.peers.get(node_id)
+        if outbox is None:
+            outbox = self.peers[node_id] = wire.Outbox()
+            asyncio.ensure_future(self._stream_to(node_id, outbox))
+        return outbox
 
-    async def _stream_to(self, node_id: str, queue: asyncio.Queue) -> None:
-        async def envelopes():
-            while True:
-                yield await queue.get()
-
+    async def _stream_to(self, node_id: str, outbox: wire.Outbox) -> None:
         try:
             async with wire.channel(self.endpoint_of(node_id)) as channel:
                 send = channel.stream_unary(wire.SEND, request_serializer=wire.identity,
                                             response_deserializer=wire.identity)
-                await send(envelopes(), metadata=wire.metadata(self.token))
+                await send(outbox.batches(), metadata=wire.metadata(self.token))
         except (grpc.aio.AioRpcError, KeyError) as error:
             log.warning("lost the stream to node %s: %s", node_id, error)
             self.peers.pop(node_id, None)
@@ -212,35 +207,33 @@ class NodeServer:
         if not wire.authorized(context, self.token):
             return b""
         async for data in request_iterator:
-            self.route(*wire.decode(data))
+            for envelope in wire.unpack(data):
+                self.route(*envelope)
         return b""
 
     async def attach(self, request_iterator, context):
         if not wire.authorized(context, self.token):
             return
-        address, _, _ = wire.decode(await request_iterator.__anext__())
-        queue = self.attached[address] = asyncio.Queue()
+        (address, _, _), = wire.unpack(await request_iterator.__anext__())
+        outbox = self.attached[address] = wire.Outbox()
         reader = asyncio.ensure_future(self._read(request_iterator))
+        reader.add_done_callback(lambda _: outbox.close())
         if address in self.workers:
             self.deliver(address, self.node_id, p.WorkerRegistered(worker_id=address, node_id=self.node_id))
         try:
-            yield wire.encode(self.node_id, address, "attached")
-            while True:
-                getter = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    break
-                yield getter.result()
+            yield wire.pack([wire.encode(self.node_id, address, "attached")])
+            async for batch in outbox.batches():
+                yield batch
         finally:
-            if self.attached.get(address) is queue:
+            if self.attached.get(address) is outbox:
                 del self.attached[address]
             self._detached(address)
 
     async def _read(self, request_iterator) -> None:
         try:
             async for data in request_iterator:
-                self.route(*wire.decode(data))
+                for envelope in wire.unpack(data):
+                    self.route(*envelope)
         except grpc.aio.AioRpcError:
             pass
 

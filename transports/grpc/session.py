@@ -98,7 +98,8 @@ class Session:
         log = open(os.path.join(self.path, announce + ".log"), "ab") if log_to_file else None
         try:
             process = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL, stdout=log,
-                                       stderr=subprocess.STDOUT if log else None)
+                                       stderr=subprocess.STDOUT if log else None,
+                                       env={"GRPC_VERBOSITY": "ERROR", **os.environ})
         finally:
             if log is not None:
                 log.close()
