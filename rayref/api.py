@@ -144,7 +144,7 @@ def wait(object_refs, *, num_returns: int = 1, timeout: float | None = None, fet
     waiter = ctx.call(ctx.cw.begin_get, [r.info() for r in refs], timeout, fetch_local, num_returns)
     if not waiter.done:
         ctx.block(waiter)
-    ready_ids = set(ctx.call(ctx.cw.ready_ids, waiter)[:num_returns])
+    ready_ids = set(ctx.call(ctx.cw.ready_ids, waiter, num_returns))
     ready = [r for r in refs if r.hex() in ready_ids]
     return ready, [r for r in refs if r.hex() not in ready_ids]
 

@@ -102,6 +102,10 @@ class WorkerCrashedError(RayError):
     pass
 
 
+class NodeDiedError(RayError):
+    """A task failed because the node it ran on died (Ray 2.x: not a WorkerCrashedError)."""
+
+
 class ObjectLostError(RayError):
     pass
 

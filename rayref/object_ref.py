@@ -6,14 +6,15 @@ from rayref.core.protocol import RefInfo
 
 
 class ObjectRef:
-    __slots__ = ("_id", "_owner", "_cw", "__weakref__")
+    __slots__ = ("_id", "_owner", "_cw", "_info", "__weakref__")
 
     def __init__(self, object_id: str, owner: str, core_worker=None, *, register: bool = True, counted: bool = False):
         self._id = object_id
         self._owner = owner
         self._cw = core_worker
+        self._info = RefInfo(object_id=object_id, owner=owner)
         if core_worker is not None and not counted:
-            core_worker.add_local_ref(RefInfo(object_id=object_id, owner=owner), register)
+            core_worker.add_local_ref(self._info, register)
 
     def __del__(self):
         cw = self._cw
@@ -21,7 +22,7 @@ class ObjectRef:
             cw.pending_decrefs.append(self._id)
 
     def info(self) -> RefInfo:
-        return RefInfo(object_id=self._id, owner=self._owner)
+        return self._info
 
     def hex(self) -> str:
         return self._id

@@ -5,6 +5,7 @@
     cluster.add_node(num_cpus=8, num_gpus=2, resources={"TPU": 4})
     cluster.connect()              # rayref.* now talks to this cluster
     ...
+    cluster.kill_node("node-0002")  # or at=12.5 (virtual seconds); detected after 15 s
     cluster.now                    # virtual seconds
     cluster.trace_digest()         # same program + same seed -> same digest
     rayref.shutdown()
@@ -34,6 +35,10 @@ class SimConfig:
     """Run every engine's ``validate()`` after every message it handles (tests turn it on)."""
     keep_trace: bool = False
     """Keep every traced message as a line in ``cluster.trace_lines()``."""
+    node_death_detection_s: float = 15.0
+    """Virtual seconds from ``kill_node`` to the control plane hearing ``NodeDied``. Ray's GCS
+    checks each raylet every 3 s (``health_check_period_ms``) and marks it dead after 5 failed
+    checks in a row (``health_check_failure_threshold``): about 15 s for a node that is gone."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,8 @@ class Cluster:
         self.config = config or EngineConfig()
         self.sim = sim or SimConfig()
         self.runtime = SimRuntime(seed, self.config, self.network, worker_start_delay=self.sim.worker_start_delay,
-                                  validate=self.sim.validate, keep_trace=self.sim.keep_trace)
+                                  validate=self.sim.validate, keep_trace=self.sim.keep_trace,
+                                  node_death_detection_s=self.sim.node_death_detection_s)
         self.nodes: list[SimNode] = []
         self._transport = None
 
@@ -95,6 +101,20 @@ class Cluster:
         self.runtime.connect_driver(namespace or "anonymous", env)
         self._transport = SimTransport(self, owns_cluster)
         worker.set_transport(self._transport)
+
+    def kill_node(self, node_id: str, at: float | None = None) -> None:
+        """Kill a node now, or at virtual time ``at``: its node manager and every process on it stop
+        at once (messages to them are dropped); the control plane hears ``NodeDied``
+        ``SimConfig.node_death_detection_s`` later. The head node cannot be killed."""
+        node = next((n for n in self.nodes if n.node_id == node_id), None)
+        if node is None:
+            raise ValueError(f"No node {node_id!r} in this cluster; its nodes are {[n.node_id for n in self.nodes]}.")
+        if node.is_head:
+            raise ValueError(f"Killing the head node {node_id} is not supported: it hosts the control plane "
+                             f"and the driver. Kill another node.")
+        if at is not None and at < self.now:
+            raise ValueError(f"at={at} is in the past (the virtual clock reads {self.now}).")
+        self.runtime.kill_node(node_id, 0.0 if at is None else at - self.now)
 
     def settle(self) -> None:
         """Run the simulation until nothing is left to happen (e.g. nodes and workers starting)."""

@@ -20,3 +20,5 @@ class EngineConfig:
     async_actor_concurrency: int = 1000
     actor_reply_grace: float = 0.2
     """Seconds a caller still accepts replies from an actor incarnation it heard has died."""
+    lease_linger: float = 0.01
+    """Seconds an idle worker lease is kept for the next task of its kind before it goes back."""

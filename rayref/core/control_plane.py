@@ -7,12 +7,18 @@ control plane picks a node with the scheduling policy, leases a worker there
 (grant-or-reject), pushes the creation task, and publishes every state change to the
 actor's subscribers::
 
-    PENDING_CREATION --created--> ALIVE --worker died, restarts left--> RESTARTING --> ALIVE
-           |                        |--worker died / killed, none left--> DEAD
+    PENDING_CREATION --created--> ALIVE --worker or node died, restarts left--> RESTARTING --> ALIVE
+           |                        |--worker or node died / killed, none left--> DEAD
            '--creation failed / killed--> DEAD
+
+A node's death (``NodeDied``, from the transport, the failure detector) is the death of every
+process on it: the node is marked dead in the view, which is broadcast at once; the actors
+its processes owned die with them (as for ``ProcessDied``); the actors that ran on it are
+restarted elsewhere if ``max_restarts`` allows; then every live node manager hears of it.
 
 Invariant CP1: a name in a namespace belongs to at most one actor that is not DEAD.
 Invariant CP2: an ALIVE actor has a worker address and a node.
+Invariant CP3: no actor that is not DEAD runs on, or waits for a lease from, a dead node.
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ class ActorRecord:
     worker_id: str = ""
     node_id: str = ""
     lease_id: str = ""
+    lease_node: str = ""
     num_restarts: int = 0
     death_cause: str = ""
     no_restart: bool = False
@@ -88,6 +95,7 @@ class ControlPlane:
             p.Query: self._on_query,
             p.ClusterQuiescent: self._on_quiescent,
             p.ProcessDied: self._on_process_died,
+            p.NodeDied: self._on_node_died,
             p.PeerUnreachable: self._on_peer_unreachable,
         }
 
@@ -173,7 +181,7 @@ class ControlPlane:
                 self.unplaced.append(actor_id)
             return
         self.lease_seq += 1
-        record.lease_id = f"cp.l{self.lease_seq}"
+        record.lease_id, record.lease_node = f"cp.l{self.lease_seq}", placement.node_id
         self.leases[record.lease_id] = actor_id
         self._send(placement.node_id, p.RequestWorkerLease(
             lease_id=record.lease_id, requester=p.CONTROL_PLANE, spec=spec, grant_or_reject=True))
@@ -185,14 +193,42 @@ class ControlPlane:
                 self._schedule(actor_id)
 
     def _on_process_died(self, msg: p.ProcessDied) -> None:
-        """The actors a dead process created die with it (detached ones live on); every node
-        frees the workers leased to it."""
+        """The actors a dead process created die with it; every node frees the workers leased to it."""
+        self._release_owned_by(lambda address: address == msg.address)
+        self._to_live_nodes(msg)
+
+    def _on_node_died(self, msg: p.NodeDied) -> None:
+        """Every process of the node died: what they owned dies, what ran there is lost.
+
+        The view goes out before the ``NodeDied`` (same pair, FIFO1), so a node manager already
+        sees the node dead when its processes ask it for new leases.
+        """
+        node = self.nodes.get(msg.node_id)
+        if node is None or not node.alive:
+            return
+        self.nodes[msg.node_id] = dataclasses.replace(node, alive=False)
+        self._release_owned_by(lambda address: address.startswith(msg.node_id + "."))
+        for actor_id, record in self.actors.items():
+            if record.state == ActorState.DEAD:
+                continue
+            if record.node_id == msg.node_id:
+                self._actor_lost(record, f"the actor's node {msg.node_id} died ({msg.reason})")
+            elif record.lease_node == msg.node_id and self.leases.pop(record.lease_id, None):
+                self.unplaced.append(actor_id)
+        self._broadcast()
+        self._to_live_nodes(msg)
+
+    def _release_owned_by(self, dead) -> None:
+        """Non-detached actors whose owner is ``dead`` are killed; dead subscribers are dropped."""
         for record in self.actors.values():
-            if record.spec.owner == msg.address and not record.spec.actor.detached \
-                    and record.state != ActorState.DEAD:
-                record.death_cause = f"its owner {msg.address} died"
+            for subscriber in [s for s in record.subscribers if dead(s)]:
+                del record.subscribers[subscriber]
+            owner = record.spec.owner
+            if dead(owner) and not record.spec.actor.detached and record.state != ActorState.DEAD:
+                record.death_cause = f"its owner {owner} died"
                 self._kill(record, no_restart=True)
-            record.subscribers.pop(msg.address, None)
+
+    def _to_live_nodes(self, msg: p.Message) -> None:
         for node_id, node in self.nodes.items():
             if node.alive:
                 self._send(node_id, msg)
@@ -251,8 +287,12 @@ class ControlPlane:
     def _on_worker_died(self, msg: p.LeasedWorkerDied) -> None:
         actor_id = self.leases.pop(msg.lease_id, None)
         record = self.actors.get(actor_id) if actor_id else None
-        if record is None or record.state == ActorState.DEAD:
-            return
+        if record is not None and record.state != ActorState.DEAD:
+            self._actor_lost(record, f"the actor's worker process died ({msg.reason})")
+
+    def _actor_lost(self, record: ActorRecord, cause: str) -> None:
+        """The actor's worker is gone: restart it elsewhere if allowed, else it is dead of ``cause``."""
+        self.leases.pop(record.lease_id, None)
         record.worker_id = record.node_id = ""
         if self._may_restart(record):
             record.num_restarts += 1
@@ -260,7 +300,7 @@ class ControlPlane:
             self._publish(record)
             self._schedule(record.spec.actor_id)
             return
-        record.death_cause = f"the actor's worker process died ({msg.reason})"
+        record.death_cause = cause
         self._mark_dead(record)
 
     def _may_restart(self, record: ActorRecord) -> bool:
@@ -340,6 +380,9 @@ class ControlPlane:
                 live_names[key] = record
             if record.state == ActorState.ALIVE:
                 assert record.worker_id and record.node_id, "CP2: ALIVE actor without address"
+            if record.state != ActorState.DEAD:
+                used = [record.node_id] + ([record.lease_node] if record.lease_id in self.leases else [])
+                assert all(self.nodes[n].alive for n in used if n), f"CP3: actor on dead node {used}"
 
 
 def _fields(info: p.ActorInfo) -> dict:

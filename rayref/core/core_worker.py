@@ -96,6 +96,7 @@ class CoreWorker:
             p.QueryReply: self._on_query_reply,
             p.TimerFired: self._on_timer,
             p.PeerUnreachable: self._on_unreachable,
+            p.NodeDied: self._on_node_died,
         }
 
     # ------------------------------------------------------------------ plumbing
@@ -144,8 +145,8 @@ class CoreWorker:
         info = p.RefInfo(object_id=ref.object_id, owner=self.address)
         if blob.nbytes <= self.config.inline_threshold:
             self._store(ref, blob)
-        else:
-            ref.blob, ref.nbytes, ref.locations = blob, blob.nbytes, [self.node_id]
+        else:  # the node's store has it now: keeping the Blob here too would hold its memory (gRPC)
+            ref.nbytes, ref.locations = blob.nbytes, [self.node_id]
             self.send(self.node_id, p.PutObject(object_id=ref.object_id, owner=self.address, blob=blob,
                                                 reply_to=self.address))
         waiter = self._watch((info,), 1, fetch_local=False)
@@ -189,8 +190,15 @@ class CoreWorker:
                 "ObjectLostError", f"Object {object_id} is no longer available: all references to it were released."))
         return blobs
 
-    def ready_ids(self, waiter: Waiter) -> list[str]:
-        return [oid for oid in waiter.ids if self._available(self.refs.get(oid), waiter.fetch_local)]
+    def ready_ids(self, waiter: Waiter, limit: int | None = None) -> list[str]:
+        """The waiter's ready objects in its order, the first ``limit`` of them."""
+        ready = []
+        for oid in waiter.ids:
+            if self._available(self.refs.get(oid), waiter.fetch_local):
+                ready.append(oid)
+                if len(ready) == limit:
+                    break
+        return ready
 
     def _available(self, ref: Reference | None, fetch_local: bool) -> bool:
         return ref is not None and ref.ready and (not fetch_local or ref.blob is not None)
@@ -203,6 +211,8 @@ class CoreWorker:
             ref = self.refs.get(info.object_id) or self._borrowed_entry(info)
             if self._available(ref, fetch_local):
                 waiter.ready += 1
+                if waiter.ready >= need:  # wait(): the rest need not be looked at
+                    break
                 continue
             waiter.pending[info.object_id] = waiter.pending.get(info.object_id, 0) + 1
             if waiter not in ref.waiters:
@@ -280,6 +290,9 @@ class CoreWorker:
         if msg.key[0] == "inflight":
             self.actors.on_grace_over(*msg.key[1:])
             return
+        if msg.key[0] == "linger":
+            self.normal.on_linger_over(*msg.key[1:])
+            return
         waiter = self.waiters.get(msg.key[1])
         if waiter is not None:
             self._finish(waiter, timed_out=True)
@@ -325,6 +338,16 @@ class CoreWorker:
         ref = self.refs.get(msg.object_id)
         if ref is not None:
             self._store(ref, error)
+
+    def _on_node_died(self, msg: p.NodeDied) -> None:
+        """A node died: its leases and lease requests are lost, and so are the objects only it held
+        and the objects its processes owned. (Actors there are the control plane's business.)"""
+        self.normal.on_node_died(msg.node_id, msg.reason)
+        for ref, kind in self.refs.lose_node(msg.node_id):
+            where = f"its owner {ref.owner}" if kind == "OwnerDiedError" else "its only copy"
+            self._store(ref, p.system_error(kind, (
+                f"Object {ref.object_id} is lost: {where} was on node {msg.node_id}, which died ({msg.reason}); "
+                f"rayref does not reconstruct lost objects from lineage.")))
 
     def _on_unreachable(self, msg: p.PeerUnreachable) -> None:
         original = msg.original
@@ -442,8 +465,8 @@ class CoreWorker:
             self.normal.on_reply(task)
             self.normal.enqueue(task, front=True)
 
-    def task_lost(self, task: PendingTask, reason: str) -> None:
-        """The worker running ``task`` died: retry it, or fail it."""
+    def task_lost(self, task: PendingTask, reason: str, error: str = "WorkerCrashedError") -> None:
+        """The worker (or node) running ``task`` died: retry it, or fail it with ``error``."""
         if task.cancelled:
             self._fail_with(task, p.system_error("TaskCancelledError", f"Task {task.spec.name} was cancelled."))
         elif task.retries_left != 0:
@@ -451,7 +474,7 @@ class CoreWorker:
             task.spec = dataclasses.replace(task.spec, attempt=task.spec.attempt + 1)
             self.normal.enqueue(task, front=True)
         else:
-            self.fail_task(task, "WorkerCrashedError", (
+            self.fail_task(task, error, (
                 f"Task {task.spec.name} ({task.spec.task_id}) failed: {reason}; "
                 f"no retries left (max_retries={task.spec.max_retries})."))
 

@@ -17,6 +17,12 @@ not all land on the same node.
 While a leased worker is blocked in ``get``/``wait`` its CPUs are lent back to the node, as
 in Ray; when it unblocks it takes them back even if that overcommits the node for a while.
 
+When another node dies (``NodeDied``, from the control plane) this node marks it dead in its
+view, frees what its processes held here (their leases, as for ``ProcessDied``), moves pulls
+off it, and tells its own processes: its workers and the local processes that asked it for
+something (a driver is known from its first request; Ray's core workers register with their
+raylet at start).
+
 Invariants (``validate``, specs/invariants.md):
 NM1  available = total - allocations of granted and awaiting leases (blocked leases' CPUs lent).
 NM2  no lease was granted resources that were not available at the time (checked on grant).
@@ -102,6 +108,8 @@ class NodeManager:
     awaiting_put: dict[str, list[str]] = field(default_factory=dict)
     freed: dict[str, None] = field(default_factory=dict)
     guesses: dict[str, p.NodeInfo] = field(default_factory=dict)
+    clients: dict[str, None] = field(default_factory=dict)
+    """Local processes other than its workers (drivers) that asked this node for something."""
     out: list = field(default_factory=list)
     now: float = 0.0
     report_armed: bool = False
@@ -129,8 +137,10 @@ class NodeManager:
             p.FetchObject: self._on_fetch_object,
             p.ObjectTransfer: self._on_object_transfer,
             p.FreeObjects: self._on_free_objects,
+            p.ObjectSpilled: lambda m: self.store.replace_spilled(m.object_id, m.blob),
             p.PeerUnreachable: self._on_peer_unreachable,
             p.ProcessDied: self._on_process_died,
+            p.NodeDied: self._on_node_died,
         }
 
     # ------------------------------------------------------------------ the one way in
@@ -168,6 +178,7 @@ class NodeManager:
     # ------------------------------------------------------------------ leases
 
     def _on_request_lease(self, msg: p.RequestWorkerLease) -> None:
+        self._note_client(msg.requester)
         lease = Lease(msg)
         self.leases[msg.lease_id] = lease
         if msg.grant_or_reject or msg.spilled:
@@ -384,8 +395,30 @@ class NodeManager:
                                     f"in the cluster can ever provide", final=True)
 
     def _on_process_died(self, msg: p.ProcessDied) -> None:
-        """Workers leased to a dead process run work nobody will collect: kill them, free their resources."""
-        held = [(i, lease) for i, lease in self.leases.items() if lease.request.requester == msg.address]
+        self.clients.pop(msg.address, None)
+        self._release_leases_of(lambda requester: requester == msg.address)
+
+    def _on_node_died(self, msg: p.NodeDied) -> None:
+        """Another node is gone: it is dead in the view, its processes are dead, pulls move off it."""
+        self.view = tuple(dataclasses.replace(n, alive=False) if n.node_id == msg.node_id else n for n in self.view)
+        self.guesses.pop(msg.node_id, None)
+        self._release_leases_of(lambda requester: requester.startswith(msg.node_id + "."))
+        for object_id in [o for o, pull in self.pulls.items() if self._fetching_from(pull, msg.node_id)]:
+            self._fetch_next(object_id)
+        local = [w for w, record in self.workers.items() if record.state != WorkerState.STARTING]
+        for address in local + list(self.clients):
+            self._send(address, msg)
+
+    def _note_client(self, address: str) -> None:
+        if address.startswith(self.node_id + ".") and address not in self.workers:
+            self.clients[address] = None
+
+    def _alive(self, node_id: str) -> bool:
+        return all(n.alive for n in self.view if n.node_id == node_id)
+
+    def _release_leases_of(self, dead) -> None:
+        """Workers leased to dead processes run work nobody will collect: kill them, free their resources."""
+        held = [(i, lease) for i, lease in self.leases.items() if dead(lease.request.requester)]
         for lease_id, lease in held:
             if lease.state != LeaseState.GRANTED:
                 self._on_cancel_lease(p.CancelLease(lease_id=lease_id))
@@ -407,14 +440,16 @@ class NodeManager:
             if msg.reply_to:
                 self._send(msg.reply_to, p.ObjectStored(object_id=msg.object_id))
             return
-        self.store.add(msg.object_id, msg.blob, msg.owner, pinned=True)
+        for object_id in self.store.add(msg.object_id, msg.blob, msg.owner, pinned=True):
+            self.out.append(p.SpillObject(object_id=object_id, blob=self.store.objects[object_id].blob))
         if msg.reply_to:
             self._send(msg.reply_to, p.ObjectStored(object_id=msg.object_id))
         for node in self.awaiting_put.pop(msg.object_id, ()):
-            self._send(node, p.ObjectTransfer(object_id=msg.object_id, blob=msg.blob, from_node=self.node_id))
+            self._send_copy(node, msg.object_id, msg.blob)
         self._serve_pull(msg.object_id, msg.blob)
 
     def _on_pull_object(self, msg: p.PullObject) -> None:
+        self._note_client(msg.requester)
         blob = self.store.get(msg.object_id)
         if blob is not None:
             self._send(msg.requester, p.ObjectLocal(object_id=msg.object_id, blob=blob))
@@ -435,6 +470,8 @@ class NodeManager:
 
     def _fetch_next(self, object_id: str) -> None:
         pull = self.pulls[object_id]
+        while pull.tried < len(pull.locations) and not self._alive(pull.locations[pull.tried]):
+            pull.tried += 1
         if pull.tried >= len(pull.locations):
             del self.pulls[object_id]
             for requester in pull.requesters:
@@ -444,12 +481,22 @@ class NodeManager:
         pull.tried += 1
         self._send(source, p.FetchObject(object_id=object_id, requester_node=self.node_id))
 
+    def _fetching_from(self, pull: Pull, node_id: str) -> bool:
+        """The pull's fetch in flight is from ``node_id`` (not a pull waiting for a put here)."""
+        return self.node_id not in pull.locations and pull.locations[pull.tried - 1] == node_id
+
     def _on_fetch_object(self, msg: p.FetchObject) -> None:
         blob = self.store.get(msg.object_id)
         if blob is None and msg.object_id not in self.freed:
             self.awaiting_put.setdefault(msg.object_id, []).append(msg.requester_node)
             return
-        self._send(msg.requester_node, p.ObjectTransfer(object_id=msg.object_id, blob=blob, from_node=self.node_id))
+        self._send_copy(msg.requester_node, msg.object_id, blob)
+
+    def _send_copy(self, node: str, object_id: str, blob: p.Blob | None) -> None:
+        """``ObjectTransfer``; the primary's node remembers where copies went, to free them with it."""
+        if blob is not None:
+            self.store.note_copy(object_id, node)
+        self._send(node, p.ObjectTransfer(object_id=object_id, blob=blob, from_node=self.node_id))
 
     def _on_object_transfer(self, msg: p.ObjectTransfer) -> None:
         if msg.object_id not in self.pulls:
@@ -473,9 +520,11 @@ class NodeManager:
             self.freed[object_id] = None
             if len(self.freed) > FREED_MEMORY:
                 del self.freed[next(iter(self.freed))]
-            self.store.remove(object_id)
+            entry = self.store.remove(object_id)
+            for node in entry.copies if entry else ():
+                self._send(node, p.FreeObjects(object_ids=(object_id,)))
             for node in self.awaiting_put.pop(object_id, ()):
-                self._send(node, p.ObjectTransfer(object_id=object_id, blob=None, from_node=self.node_id))
+                self._send_copy(node, object_id, None)
 
     # ------------------------------------------------------------------ invariants
 

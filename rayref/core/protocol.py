@@ -480,6 +480,19 @@ class ProcessDied(Message):
 
 
 @frozen
+class NodeDied(Message):
+    """A node is gone with every process on it: T (the failure detector) -> CP, then CP -> every
+    live NM, then NM -> its local processes.
+
+    The node is marked dead in the view; what its processes owned dies with them (as for
+    ``ProcessDied``); tasks and actors that ran there are retried or restarted elsewhere.
+    """
+
+    node_id: str
+    reason: str
+
+
+@frozen
 class PeerUnreachable(Message):
     """A message could not be delivered: its addressee is dead or gone."""
 
@@ -495,6 +508,15 @@ class TaskExecuted(Message):
     returns: tuple[Blob, ...] = ()
     retryable_error: bool = False
     cancelled: bool = False
+
+
+@frozen
+class ObjectSpilled(Message):
+    """The transport carried out ``SpillObject``: ``blob`` reads the object from where it was spilled."""
+
+    traced = False
+    object_id: str
+    blob: Blob
 
 
 @frozen
@@ -566,3 +588,12 @@ class Log(Command):
 @frozen
 class ExitProcess(Command):
     reason: str
+
+
+@frozen
+class SpillObject(Command):
+    """Move a node's stored object out of memory. The gRPC node writes it to a file and reports
+    ``ObjectSpilled``; the sim does nothing (the store's books are all it models)."""
+
+    object_id: str
+    blob: Blob

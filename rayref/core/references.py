@@ -165,6 +165,30 @@ class ReferenceTable:
         if self.on_free is not None:
             self.on_free(ref)
 
+    def lose_node(self, node_id: str) -> list[tuple[Reference, str]]:
+        """Forget a dead node as a location and its processes as borrowers. Returns the refs left
+        without a value, with the error: ``OwnerDiedError`` for borrowed refs whose owner was on
+        it, ``ObjectLostError`` for refs whose only copy was there (no lineage reconstruction)."""
+        on_node = node_id + "."
+        lost, unborrowed = [], []
+        for ref in self.refs.values():
+            for borrower in [b for b in ref.borrowers if b.startswith(on_node)]:
+                del ref.borrowers[borrower]
+                unborrowed.append(ref)
+            was_there = node_id in ref.locations
+            if was_there:
+                ref.locations.remove(node_id)
+            if ref.blob is not None:
+                continue
+            if not ref.owned and ref.owner.startswith(on_node):
+                lost.append((ref, "OwnerDiedError"))
+            elif was_there and not ref.locations:
+                lost.append((ref, "ObjectLostError"))
+        for ref in unborrowed:
+            if ref.object_id in self.refs:
+                self._maybe_release(ref)
+        return lost
+
     def forget_waiter(self, ref: Reference, waiter) -> None:
         if waiter in ref.waiters:
             ref.waiters.remove(waiter)

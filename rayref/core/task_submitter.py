@@ -52,6 +52,7 @@ class ActiveLease:
     node_id: str = ""
     gpu_ids: tuple[int, ...] = ()
     task_id: str = ""
+    uses: int = 0
 
 
 @dataclass(slots=True)
@@ -59,6 +60,7 @@ class KeyQueue:
     tasks: deque = field(default_factory=deque)
     requested: dict[str, str] = field(default_factory=dict)
     active: int = 0
+    idle: list = field(default_factory=list)
     warned: bool = False
 
 
@@ -87,8 +89,10 @@ class NormalTaskSubmitter:
                 self._cancel_lease_requests(key)
 
     def _pump(self, key: tuple) -> None:
-        """Ask for leases while tasks wait (granted leases are never idle: see _next_or_return)."""
+        """Run waiting tasks on idle leases, and ask for more leases while tasks still wait."""
         queue = self.keys[key]
+        while queue.tasks and queue.idle:
+            self._push(self.leases[queue.idle.pop()], queue.tasks.popleft())
         limit = self.cw.config.max_pending_lease_requests
         while queue.tasks and len(queue.requested) < min(len(queue.tasks), limit):
             self._request_lease(key, self.cw.node_id, spilled=0)
@@ -107,6 +111,7 @@ class NormalTaskSubmitter:
         task = self.cw.tasks[task_id]
         task.state, task.lease_id, task.worker_id = TaskState.RUNNING, lease.lease_id, lease.worker_id
         lease.task_id = task_id
+        lease.uses += 1
         self.cw.send(lease.worker_id, p.PushTask(task_id=task_id, spec=task.spec, reply_to=self.cw.address,
                                                  args=task.args, lease_id=lease.lease_id, gpu_ids=lease.gpu_ids))
 
@@ -132,17 +137,34 @@ class NormalTaskSubmitter:
             self._pump(key)
 
     def _next_or_return(self, lease: ActiveLease) -> None:
+        """The key's next task runs on the lease; with none waiting, the lease lingers idle for
+        ``lease_linger`` seconds (a loop of ``get(f.remote())`` reuses one worker), then goes back."""
         queue = self.keys[lease.key]
         if queue.tasks:
             self._push(lease, queue.tasks.popleft())
-            return
+        elif self.cw.config.lease_linger > 0:
+            queue.idle.append(lease.lease_id)
+            self.cw.out.append(p.StartTimer(key=("linger", lease.lease_id, lease.uses),
+                                            delay=self.cw.config.lease_linger))
+        else:
+            self._return(lease)
+
+    def on_linger_over(self, lease_id: str, uses: int) -> None:
+        lease = self.leases.get(lease_id)
+        if lease is not None and lease.uses == uses and lease_id in self.keys[lease.key].idle:
+            self._return(lease)
+
+    def _return(self, lease: ActiveLease) -> None:
         self._drop(lease)
         self.cw.send(lease.node_id, p.ReturnWorkerLease(lease_id=lease.lease_id, worker_id=lease.worker_id))
         self._pump(lease.key)
 
     def _drop(self, lease: ActiveLease) -> None:
         del self.leases[lease.lease_id]
-        self.keys[lease.key].active -= 1
+        queue = self.keys[lease.key]
+        queue.active -= 1
+        if lease.lease_id in queue.idle:
+            queue.idle.remove(lease.lease_id)
 
     def on_spilled(self, msg: p.LeaseSpilled) -> None:
         key = self._key_of_request(msg.lease_id)
@@ -194,6 +216,20 @@ class NormalTaskSubmitter:
                 self.cw.task_lost(task, f"the worker running it died: {msg.reason}")
         if lease.key in self.keys:
             self._pump(lease.key)
+
+    def on_node_died(self, node_id: str, reason: str) -> None:
+        """Requests queued at a dead node are made again (elsewhere); tasks running there are lost."""
+        for queue in self.keys.values():
+            for lease_id in [i for i, node in queue.requested.items() if node == node_id]:
+                del queue.requested[lease_id]
+        for lease in [lease for lease in self.leases.values() if lease.node_id == node_id]:
+            self._drop(lease)
+            task = self.cw.tasks.get(lease.task_id) if lease.task_id else None
+            if task is not None:
+                self.cw.task_lost(task, f"the node it was running on, {node_id}, died ({reason})", "NodeDiedError")
+        for key in list(self.keys):
+            if key in self.keys:
+                self._pump(key)
 
     def _cancel_lease_requests(self, key: tuple) -> None:
         queue = self.keys[key]

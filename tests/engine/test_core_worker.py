@@ -19,8 +19,9 @@ from engine_helpers import DRIVER, hold, of_type, sends, sends_to, spec
 BIG = EngineConfig().inline_threshold + 1
 
 
-def driver() -> CoreWorker:
-    return CoreWorker(DRIVER, "node-1", EngineConfig(), is_driver=True)
+def driver(**config) -> CoreWorker:
+    """A driver's core worker; leases go back as soon as they are idle unless ``lease_linger`` is given."""
+    return CoreWorker(DRIVER, "node-1", EngineConfig(**{"lease_linger": 0.0, **config}), is_driver=True)
 
 
 def ref(object_id: str, owner: str = DRIVER) -> p.RefInfo:
@@ -462,6 +463,27 @@ def test_actor_death_fails_in_flight_calls_without_retries():
     cw.handle(p.TimerFired(key=timer.key), 0.2 + timer.delay)
     [result] = cw.results(waiter)
     assert waiter.done and result.system_error[0] == "ActorDiedError" and "oom" in result.system_error[1]
+
+
+def test_an_idle_lease_lingers_for_the_next_task_of_its_key_then_goes_back():
+    cw = driver(lease_linger=0.01)
+    first, second = spec("t1"), spec("t2")
+    request, _, _ = run_on_lease(cw, first)
+    out = cw.handle(reply(first, "node-1.w1", value(b"1")), 0.5)
+    [timer] = of_type(out, p.StartTimer)
+    assert timer.delay == 0.01 and sends(out, p.ReturnWorkerLease) == []
+    out = submit(cw, second)
+    assert sends(out, p.RequestWorkerLease) == []
+    [(to, push)] = sends_to(out, p.PushTask)
+    assert to == "node-1.w1" and push.task_id == "t2" and push.lease_id == request.lease_id
+    assert sends(cw.handle(p.TimerFired(key=timer.key), 0.51), p.ReturnWorkerLease) == []  # used since
+    out = cw.handle(reply(second, "node-1.w1", value(b"2")), 0.52)
+    [timer] = of_type(out, p.StartTimer)
+    out = cw.handle(p.TimerFired(key=timer.key), 0.53)
+    assert sends_to(out, p.ReturnWorkerLease) == [
+        ("node-1", p.ReturnWorkerLease(lease_id=request.lease_id, worker_id="node-1.w1"))]
+    assert cw.normal.keys == {} and cw.normal.leases == {}
+    cw.validate()
 
 
 def test_a_reply_that_arrives_after_the_news_of_death_still_counts():

@@ -487,6 +487,40 @@ def test_fetch_before_put_is_answered_when_the_put_arrives():
         ("node-2", p.ObjectTransfer(object_id="o1", blob=blob(10), from_node="node-1"))]
 
 
+def test_a_put_beyond_capacity_spills_the_oldest_pinned_object():
+    """OS2, P-OBJ-9: the store spills; the node manager tells its transport, which answers with
+    the blob that reads the object from where it went."""
+    nm = ready_nm(CPU=1, store=100)
+    assert of_type(nm.handle(p.PutObject(object_id="o1", owner=DRIVER, blob=blob(60)), 0.0), p.SpillObject) == []
+    out = nm.handle(p.PutObject(object_id="o2", owner=DRIVER, blob=blob(60), reply_to=DRIVER), 0.1)
+    assert of_type(out, p.SpillObject) == [p.SpillObject(object_id="o1", blob=blob(60))]
+    assert sends_to(out, p.ObjectStored) == [(DRIVER, p.ObjectStored(object_id="o2"))]
+    nm.handle(p.ObjectSpilled(object_id="o1", blob=blob(60, b"on disk")), 0.2)
+    out = nm.handle(p.PullObject(object_id="o1", requester="node-1.w1", locations=("node-1",)), 0.3)
+    assert sends_to(out, p.ObjectLocal) == [("node-1.w1", p.ObjectLocal(object_id="o1", blob=blob(60, b"on disk")))]
+    assert nm.store.used == 60 and nm.store.spilled_bytes == 60
+    nm.validate()
+
+
+def test_freeing_a_primary_frees_the_copies_it_sent_to_other_nodes():
+    """P-OBJ-8: the primary's node remembers where copies went (fetches, and fetches parked for
+    the put) and frees them with it; a node freeing a copy forwards nothing."""
+    nm = ready_nm(CPU=1)
+    nm.handle(p.FetchObject(object_id="o1", requester_node="node-3"), 0.0)
+    nm.handle(p.PutObject(object_id="o1", owner=DRIVER, blob=blob(10)), 0.1)
+    nm.handle(p.FetchObject(object_id="o1", requester_node="node-2"), 0.2)
+    out = nm.handle(p.FreeObjects(object_ids=("o1",)), 0.3)
+    assert sends_to(out, p.FreeObjects) == [("node-3", p.FreeObjects(object_ids=("o1",))),
+                                           ("node-2", p.FreeObjects(object_ids=("o1",)))]
+    copy = ready_nm(CPU=1)
+    copy.handle(p.PullObject(object_id="o2", requester="node-1.w1", locations=("node-2",)), 0.0)
+    copy.handle(p.ObjectTransfer(object_id="o2", blob=blob(10), from_node="node-2"), 0.1)
+    assert "o2" in copy.store
+    assert sends(copy.handle(p.FreeObjects(object_ids=("o2",)), 0.2)) == [] and "o2" not in copy.store
+    nm.validate()
+    copy.validate()
+
+
 def test_free_before_put_drops_the_late_put():
     nm = ready_nm(CPU=1)
     nm.handle(p.FreeObjects(object_ids=("o1",)), 0.0)

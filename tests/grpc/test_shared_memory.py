@@ -148,11 +148,10 @@ def test_objects_between_nodes_are_copied_and_freed():
         assert made.sum() == 6 * MiB and shm.segment_of(made) is not None
         assert len(shm.segment_names(session)) == 4
         del ref, made
-        # The owner frees the primary copies; the secondary ones stay in their stores until evicted
-        # (the engine frees primary locations only) or the cluster stops.
-        _eventually(_released(lambda: len(shm.segment_names(session)) == 2 and not _exists(primary)),
-                    what="the primary copies unlinked once freed")
-        assert _exists(copy)
+        # The owner frees the primary copies; each primary's node frees the copies it sent (P-OBJ-8).
+        _eventually(_released(lambda: shm.segment_names(session) == []),
+                    what="the primary copies and the copies made from them unlinked once freed")
+        assert not _exists(primary) and not _exists(copy)
     finally:
         _stop(session)
 

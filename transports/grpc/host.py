@@ -96,8 +96,11 @@ class ProcessHost:
         """A peer process of this node streams envelopes straight to this one."""
         if not wire.authorized(context, self.token):
             return b""
-        async for data in request_iterator:
-            self.on_messages(wire.unpack(data))
+        try:
+            async for data in request_iterator:
+                self.on_messages(wire.unpack(data))
+        except asyncio.CancelledError:  # this process is detaching
+            pass
         return b""
 
     def on_messages(self, envelopes) -> None:

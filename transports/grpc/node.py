@@ -92,6 +92,8 @@ class NodeServer:
             asyncio.ensure_future(self._watch_owner())
         await self.stopped.wait()
         self.stop_workers()
+        for outbox in list(self.attached.values()):
+            outbox.close()  # Attach calls end cleanly rather than being cancelled by stop()
         await server.stop(0.2)
         if self.owner_pid:
             shm.cleanup(self.session)
@@ -170,6 +172,8 @@ class NodeServer:
                     popen.kill()
             elif kind is p.Log:
                 log.warning(cmd.text)
+            elif kind is p.SpillObject:  # to a file of the session (shm.spill); the store then reads it there
+                self.deliver(address, address, p.ObjectSpilled(object_id=cmd.object_id, blob=shm.spill(cmd.blob)))
             else:
                 raise TypeError(f"a node does not carry out {cmd!r}")
 
@@ -206,9 +210,11 @@ class NodeServer:
     async def receive(self, request_iterator, context):
         if not wire.authorized(context, self.token):
             return b""
-        async for data in request_iterator:
-            for envelope in wire.unpack(data):
-                self.route(*envelope)
+        try:
+            async for data in request_iterator:
+                self._route_batch(data)
+        except asyncio.CancelledError:  # this node is stopping
+            pass
         return b""
 
     async def attach(self, request_iterator, context):
@@ -224,6 +230,8 @@ class NodeServer:
             yield wire.pack([wire.encode(self.node_id, address, "attached")])
             async for batch in outbox.batches():
                 yield batch
+        except asyncio.CancelledError:  # this node is stopping
+            pass
         finally:
             if self.attached.get(address) is outbox:
                 del self.attached[address]
@@ -232,10 +240,14 @@ class NodeServer:
     async def _read(self, request_iterator) -> None:
         try:
             async for data in request_iterator:
-                for envelope in wire.unpack(data):
-                    self.route(*envelope)
+                self._route_batch(data)
         except grpc.aio.AioRpcError:
             pass
+
+    def _route_batch(self, data: bytes) -> None:
+        """(A function, so that no envelope, and no segment it maps, outlives its routing.)"""
+        for envelope in wire.unpack(data):
+            self.route(*envelope)
 
     def _detached(self, address: str) -> None:
         popen = self.workers.pop(address, None)

@@ -9,8 +9,9 @@ is a read-only view of the shared pages, as in Ray's plasma store.
 What travels (the codec is ``wire.encode``/``wire.decode``; the engine never sees any of it):
 a ``Blob`` whose ``data`` or ``buffers`` hold a large buffer is pickled as
 ``_rebuild_blob(fields)`` with each such buffer replaced by a descriptor
-``("shm", name, size, handoff, host)``; unpickling maps the segment read-only (once per
-process: a name maps to one ``ShmMap``) and rebuilds the Blob around ``memoryview``s of it.
+``(kind, path, size, handoff, host)``, ``kind`` ``"shm"`` (``"disk"`` once spilled, below);
+unpickling maps the segment read-only (once per process: a name maps to one ``ShmMap``) and
+rebuilds the Blob around ``memoryview``s of it.
 
 Which messages make segments: only those whose blob lands in a node's store, ``PutObject``
 (a worker or driver hands a new object to its node), ``ObjectLocal`` (a node gives a stored
@@ -33,6 +34,18 @@ segment it handed off. Whatever remains when a cluster stops (a process killed i
 is removed by ``cleanup(session)`` (``GrpcTransport.shutdown``, ``rayref stop``). Names are
 ``rayref-<session id>-<pid>-<n>``, the session id a hash of the session directory, so
 clusters never collide and a session's leftovers can be found.
+
+Spilling: when its pinned objects outgrow ``object_store_memory`` the node manager spills the
+least recently used (``SpillObject``, see ``rayref/core/object_store.py``). The node copies
+each large buffer of the object to a file of the session's spill folder (``<session>/spill``,
+named like a segment), maps it, and gives its store that Blob (``ObjectSpilled``); the
+segment goes as above. Descriptors of a spilled buffer say ``"disk"`` instead of ``"shm"``
+and readers map the file (read-only, through the page cache). The node owns its spill files
+and unlinks them the same way; the spill folder goes with the session directory. An unlinked
+segment's pages live on while some process maps them: the owner of a ``put`` does not keep
+its Blob once its node stored it, but a process that read an object keeps its Blob (and so
+its pages) while it holds the ObjectRef, even if the node spilled it meanwhile. With
+``RAYREF_SHM=0`` nothing is spilled (the node keeps the bytes; its store still keeps the books).
 
 A segment is only meaningful on its machine (and container: ``/dev/shm`` is per IPC
 namespace). A descriptor that cannot be mapped (the segment is gone, or this process is
@@ -74,6 +87,7 @@ _STORE_BOUND = (p.PutObject, p.ObjectLocal, p.ObjectTransfer)
 _BLOB_FIELDS = tuple(f.name for f in dataclasses.fields(p.Blob))
 
 _session_id: str | None = None
+_session_path: str | None = None
 _node_id: str | None = None
 _counter = itertools.count()
 _lock = threading.RLock()
@@ -81,9 +95,9 @@ _lock = threading.RLock()
 _maps: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 """Segment name -> its one mapping in this process."""
 _owned: dict[str, float] = {}
-"""Segments this process must unlink -> when it last sent their descriptor (monotonic)."""
+"""Paths of the segments (and spill files) this process must unlink -> when it last sent their descriptor."""
 _deferred: list[tuple[float, str]] = []
-_deferred_names: set[str] = set()
+_deferred_paths: set[str] = set()
 _reaper: threading.Condition | None = None
 _exiting = False
 _warned = False
@@ -91,9 +105,11 @@ _host = socket.gethostname()
 
 
 class ShmMap(mmap.mmap):
-    """A read-only mapping of one segment; ``name`` tells which. Buffers of a Blob are views of it."""
+    """A read-only mapping of one segment (``kind`` "shm") or spill file ("disk"). Buffers of a Blob are views of it."""
 
     name: str
+    kind: str
+    path: str
 
 
 # ------------------------------------------------------------------ configuration and naming
@@ -107,8 +123,8 @@ def configure(session_path: str, *, node_id: str | None = None) -> None:
 
     A node exports the session to the environment of the workers it starts.
     """
-    global _session_id, _node_id
-    _session_id = session_id(session_path)
+    global _session_id, _session_path, _node_id
+    _session_id, _session_path = session_id(session_path), session_path
     if node_id is not None:
         _node_id = node_id
         os.environ[SESSION_ENV] = session_path
@@ -131,12 +147,26 @@ def segment_names(session_path: str) -> list[str]:
         return []
 
 
+def spill_dir(session_path: str) -> str:
+    return os.path.join(session_path, "spill")
+
+
+def spilled_names(session_path: str) -> list[str]:
+    """The names of the spill files of a session still on disk."""
+    try:
+        return sorted(n for n in os.listdir(spill_dir(session_path)) if n.startswith(PREFIX))
+    except FileNotFoundError:
+        return []
+
+
 def cleanup(session_path: str) -> int:
-    """Unlink every segment left by a session (its processes are gone); the number removed."""
+    """Unlink every segment and spill file left by a session (its processes are gone); the number removed."""
     removed = 0
-    for name in segment_names(session_path):
+    paths = [os.path.join(SHM_DIR, n) for n in segment_names(session_path)]
+    paths += [os.path.join(spill_dir(session_path), n) for n in spilled_names(session_path)]
+    for path in paths:
         try:
-            os.unlink(os.path.join(SHM_DIR, name))
+            os.unlink(path)
             removed += 1
         except FileNotFoundError:
             pass
@@ -154,29 +184,34 @@ def segment_of(value) -> str | None:
     return None
 
 
-# ------------------------------------------------------------------ segments
+# ------------------------------------------------------------------ segments and spill files
 
 def _create(buffer) -> ShmMap | None:
     """Copy ``buffer`` into a new segment (the one copy); None if shared memory is unavailable or full."""
+    try:
+        return _write(buffer, SHM_DIR, "shm")
+    except OSError as error:
+        return _unavailable(error)
+
+
+def _write(buffer, directory: str, kind: str) -> ShmMap:
+    """Copy ``buffer`` into a new file of ``directory`` and map it read-only (OSError if that fails)."""
     view = memoryview(buffer).cast("B")
     size = view.nbytes
     name = f"{PREFIX}{_session_id}-{os.getpid()}-{next(_counter)}"
-    path = os.path.join(SHM_DIR, name)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as error:
-        return _unavailable(error)
+    path = os.path.join(directory, name)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         done = 0
         while done < size:
             done += os.write(fd, view[done:])
         segment = ShmMap(fd, size, access=mmap.ACCESS_READ)
-    except OSError as error:
+    except OSError:
+        _unlink(path)
+        raise
+    finally:
         os.close(fd)
-        _unlink(name)
-        return _unavailable(error)
-    os.close(fd)
-    segment.name = name
+    segment.name, segment.kind, segment.path = name, kind, path
     _maps[name] = segment
     return segment
 
@@ -189,27 +224,29 @@ def _unavailable(error: OSError) -> None:
     return None
 
 
-def _attach(name: str, size: int, handoff: bool, host: str):
-    """The read-only buffer of segment ``name``, or the text of why it cannot be had."""
-    if not name.startswith(PREFIX) or "/" in name or name in (".", ".."):
-        return f"{name!r} is not the name of a rayref shared-memory segment"
+def _attach(kind: str, path: str, size: int, handoff: bool, host: str):
+    """The read-only buffer of the segment (or spill file) at ``path``, or the text of why it cannot be had."""
+    name, directory = os.path.basename(path), os.path.dirname(path)
+    expected = directory == SHM_DIR if kind == "shm" else os.path.basename(directory) == "spill"
+    if not (expected and name.startswith(PREFIX)):
+        return f"{path!r} is not a rayref shared-memory segment or spill file"
     segment = _maps.get(name)
     if segment is None:
         try:
-            fd = os.open(os.path.join(SHM_DIR, name), os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             where = "" if host == _host else f" (it was made on host {host!r}; this process is on {_host!r})"
-            return (f"its shared-memory segment {SHM_DIR}/{name} no longer exists{where}: the object was freed "
-                    f"or evicted before this process could map it, or this process is not on the machine "
-                    f"(or container) that stored it")
+            return (f"its {'shared-memory segment' if kind == 'shm' else 'spill file'} {path} no longer exists"
+                    f"{where}: the object was freed or evicted before this process could map it, or this "
+                    f"process is not on the machine (or container) that stored it")
         try:
             actual = os.fstat(fd).st_size
             if actual != size:
-                return f"its shared-memory segment {SHM_DIR}/{name} holds {actual} bytes, not {size}"
+                return f"its {kind} buffer {path} holds {actual} bytes, not {size}"
             segment = ShmMap(fd, size, access=mmap.ACCESS_READ)
         finally:
             os.close(fd)
-        segment.name = name
+        segment.name, segment.kind, segment.path = name, kind, path
         with _lock:
             segment = _maps.setdefault(name, segment)
     if handoff:
@@ -219,35 +256,35 @@ def _attach(name: str, size: int, handoff: bool, host: str):
 
 def _own(segment: ShmMap) -> None:
     with _lock:
-        if segment.name in _owned:
+        if segment.path in _owned:
             return
-        _owned[segment.name] = 0.0
-    weakref.finalize(segment, _release, segment.name)
+        _owned[segment.path] = 0.0
+    weakref.finalize(segment, _release, segment.path)
 
 
-def _release(name: str) -> None:
+def _release(path: str) -> None:
     """The owner's mapping is gone: unlink now, or once the last descriptor sent had time to be mapped."""
     with _lock:
-        sent = _owned.pop(name, 0.0)
+        sent = _owned.pop(path, 0.0)
     due = sent + GRACE
     if _exiting or time.monotonic() >= due:
-        _unlink(name)
+        _unlink(path)
     else:
-        _defer(name, due)
+        _defer(path, due)
 
 
-def _unlink(name: str) -> None:
+def _unlink(path: str) -> None:
     try:
-        os.unlink(os.path.join(SHM_DIR, name))
+        os.unlink(path)
     except FileNotFoundError:
         pass
 
 
-def _defer(name: str, due: float) -> None:
+def _defer(path: str, due: float) -> None:
     global _reaper
     with _lock:
-        heapq.heappush(_deferred, (due, name))
-        _deferred_names.add(name)
+        heapq.heappush(_deferred, (due, path))
+        _deferred_paths.add(path)
         if _reaper is None:
             _reaper = threading.Condition(_lock)
             threading.Thread(target=_reap, name="rayref-shm-reaper", daemon=True).start()
@@ -259,10 +296,36 @@ def _reap() -> None:
         while True:
             now = time.monotonic()
             while _deferred and _deferred[0][0] <= now:
-                _, name = heapq.heappop(_deferred)
-                _deferred_names.discard(name)
-                _unlink(name)
+                _, path = heapq.heappop(_deferred)
+                _deferred_paths.discard(path)
+                _unlink(path)
             _reaper.wait(_deferred[0][0] - now if _deferred else None)
+
+
+def spill(blob: p.Blob) -> p.Blob:
+    """``blob`` with each large buffer moved to a new file of the session's spill folder (a node spills).
+
+    The node owns the files (unlinked like its segments once the Blob is dropped). If the disk
+    refuses, the object stays where it is (in memory) and a warning says so.
+    """
+    if not enabled():
+        return blob
+    try:
+        os.makedirs(spill_dir(_session_path), exist_ok=True)
+        data = _spill_buffer(blob.data)
+        buffers = tuple(_spill_buffer(b) for b in blob.buffers)
+    except OSError as error:
+        log.warning("could not spill an object to %s (%s); it stays in memory", spill_dir(_session_path), error)
+        return blob
+    return dataclasses.replace(blob, data=data, buffers=buffers)
+
+
+def _spill_buffer(buffer):
+    if memoryview(buffer).nbytes < THRESHOLD:
+        return buffer
+    spilled = _write(buffer, spill_dir(_session_path), "disk")
+    _own(spilled)
+    return memoryview(spilled)
 
 
 @atexit.register
@@ -270,11 +333,11 @@ def _at_exit() -> None:
     global _exiting
     _exiting = True
     with _lock:
-        names = list(_deferred_names)
+        names = list(_deferred_paths)
         _deferred.clear()
-        _deferred_names.clear()
-    for name in names:
-        _unlink(name)
+        _deferred_paths.clear()
+    for path in names:
+        _unlink(path)
 
 
 # ------------------------------------------------------------------ the codec
@@ -312,9 +375,9 @@ class _Encoding:
             if segment is not None and buffer.nbytes == len(segment) and buffer.c_contiguous:
                 if not self.cross_node:
                     with _lock:
-                        if segment.name in _owned:
-                            _owned[segment.name] = time.monotonic()
-                    return buffer, ("shm", segment.name, len(segment), False, _host), False
+                        if segment.path in _owned:
+                            _owned[segment.path] = time.monotonic()
+                    return buffer, (segment.kind, segment.path, len(segment), False, _host), False
                 if self.transfer:
                     return self.make(buffer, handoff=True)
             return buffer, bytes(buffer), False
@@ -331,8 +394,8 @@ class _Encoding:
         if not handoff:
             _own(segment)
             with _lock:
-                _owned[segment.name] = time.monotonic()
-        return memoryview(segment), ("shm", segment.name, len(segment), handoff, _host), True
+                _owned[segment.path] = time.monotonic()
+        return memoryview(segment), ("shm", segment.path, len(segment), handoff, _host), True
 
 
 _encoding = threading.local()
@@ -362,8 +425,8 @@ def _rebuild_blob(fields: dict) -> p.Blob:
     problems = []
 
     def load(spec):
-        if type(spec) is tuple and spec and spec[0] == "shm":
-            found = _attach(*spec[1:])
+        if type(spec) is tuple and spec and spec[0] in ("shm", "disk"):
+            found = _attach(*spec)
             if isinstance(found, str):
                 problems.append(found)
                 return b""

@@ -12,6 +12,11 @@ for happens. Should the event queue drain while it waits, every node manager and
 plane are told the cluster is quiescent (infeasible requests then fail); if that changes
 nothing, ``NoProgressError`` says what the driver was waiting for.
 
+A killed node (``kill_node``) stops at once: its engines are gone and messages to its
+addresses are dropped until the failure detector (this runtime, after
+``node_death_detection_s``) delivers ``NodeDied`` to the control plane; from then on they
+bounce as ``PeerUnreachable``, as for any gone process.
+
 Every delivered message that counts (``Message.traced``) goes into the trace digest:
 virtual time, sender, receiver, type and key. Same program and seed, same digest.
 """
@@ -76,11 +81,13 @@ def _spec_bytes(spec: p.TaskSpec) -> int:
 
 class SimRuntime:
     def __init__(self, seed: int, config: EngineConfig, network, *, worker_start_delay: float,
-                 validate: bool = False, keep_trace: bool = False):
+                 validate: bool = False, keep_trace: bool = False, node_death_detection_s: float = 15.0):
         self.seed = seed
         self.config = config
         self.network = network
         self.worker_start_delay = worker_start_delay
+        self.node_death_detection_s = node_death_detection_s
+        self.silent_nodes: dict[str, None] = {}
         self.validate = validate
         self.env = simpy.Environment()
         self.rng = random.Random(seed)
@@ -146,6 +153,8 @@ class SimRuntime:
 
     def send(self, src: str, to: str, msg: p.Message) -> None:
         dst_node = self.node_of.get(to)
+        if dst_node in self.silent_nodes:
+            return
         if dst_node is None or to not in self.engines:
             self._unreachable(src, to, msg)
             return
@@ -165,7 +174,8 @@ class SimRuntime:
     def deliver(self, src: str, to: str, msg: p.Message) -> None:
         engine = self.engines.get(to)
         if engine is None:
-            self._unreachable(src, to, msg)
+            if self.node_of.get(to) not in self.silent_nodes:
+                self._unreachable(src, to, msg)
             return
         self.steps += 1
         self.trace.record(self.env.now, src, to, msg)
@@ -200,6 +210,8 @@ class SimRuntime:
             elif kind is p.Log:
                 self.warnings.append(cmd.text)
                 log.warning(cmd.text)
+            elif kind is p.SpillObject:
+                pass  # the node's store already counts it as spilled; the sim models no disk
             else:
                 raise TypeError(f"unknown command {cmd!r}")
 
@@ -230,6 +242,30 @@ class SimRuntime:
         node_id = self.node_of[address]
         msg = p.WorkerExited(worker_id=address, node_id=node_id, reason=reason)
         self.later(self.network.local_latency, self.deliver, address, node_id, msg)
+
+    # ------------------------------------------------------------------ node failure
+
+    def kill_node(self, node_id: str, delay: float) -> None:
+        if delay <= 0 and self.current_thread() is None:
+            self._kill_node(node_id)
+        else:
+            self.later(delay, self._kill_node, node_id)
+
+    def _kill_node(self, node_id: str) -> None:
+        """The node and its processes stop now; NodeDied reaches the control plane after detection."""
+        if self.node_managers.pop(node_id, None) is None:
+            return
+        self.silent_nodes[node_id] = None
+        self.engines.pop(node_id, None)
+        for address in [a for a, process in self.processes.items() if process.node_id == node_id]:
+            self.engines.pop(address, None)
+            self.processes.pop(address).close()
+        reason = f"it stopped at t={self.env.now:.6f}s (sim.Cluster.kill_node)"
+        self.later(self.node_death_detection_s, self._node_died, node_id, reason)
+
+    def _node_died(self, node_id: str, reason: str) -> None:
+        del self.silent_nodes[node_id]
+        self.deliver(p.CONTROL_PLANE, p.CONTROL_PLANE, p.NodeDied(node_id=node_id, reason=reason))
 
     def current_thread(self):
         return getattr(greenlet.getcurrent(), "sim_thread", None)
