@@ -206,3 +206,67 @@ def test_a_connected_driver_that_exits_gives_back_its_workers(tmp_path):
     assert "holding" in done.stdout, done.stderr
     _eventually(lambda: rayref.available_resources().get("CPU") == 2, timeout=20,
                 what="the departed driver's CPU coming back")
+
+
+def test_sigkill_of_a_node_retries_its_tasks_and_restarts_its_actors(tmp_path):
+    """F-8, RETRY1: SIGKILL of a node process: the head sees its stream end (NodeDied); the task that
+    ran there is retried elsewhere, its actor restarts elsewhere, nodes() shows it dead, and none of
+    its processes is left."""
+    rayref.init(transport="grpc", num_cpus=2)
+    doomed = worker.transport().add_node(num_cpus=2)
+    pinned = NodeAffinitySchedulingStrategy(doomed["node_id"], soft=True)
+    marker = tmp_path / "started"
+
+    @rayref.remote(max_retries=1)
+    def slow(path):
+        here = rayref.get_runtime_context().get_node_id()
+        if not os.path.exists(path):
+            with open(path, "w") as f:
+                f.write(here)
+            time.sleep(60)
+        return here
+
+    @rayref.remote(max_restarts=1, max_task_retries=1)
+    class Where:
+        def node(self):
+            return rayref.get_runtime_context().get_node_id()
+
+    @rayref.remote
+    def where():
+        return rayref.get_runtime_context().get_node_id()
+
+    # Soft affinity lands on the new node once the head's view has it.
+    _eventually(lambda: rayref.get(where.options(scheduling_strategy=pinned).remote()) == doomed["node_id"],
+                what="the new node in the head's view")
+    ref = slow.options(scheduling_strategy=pinned).remote(str(marker))
+    actor = Where.options(scheduling_strategy=pinned).remote()
+    assert rayref.get(actor.node.remote()) == doomed["node_id"]
+    _eventually(lambda: marker.exists() and marker.read_text(), what="the task started")
+    assert marker.read_text() == doomed["node_id"]
+    session = worker.transport().session.path
+    on_doomed = [pid for pid in processes_of(session) if doomed["node_id"] in _cmdline(pid)]
+    assert len(on_doomed) >= 2  # its workers (the node process itself names no node id)
+    os.kill(doomed["pid"], signal.SIGKILL)
+
+    head = rayref.get_runtime_context().get_node_id()
+    assert rayref.get(ref, timeout=30) == head
+    assert rayref.get(actor.node.remote(), timeout=30) == head
+    assert [n["Alive"] for n in rayref.nodes() if n["NodeID"] == doomed["node_id"]] == [False]
+    _eventually(lambda: not any(_alive(pid) for pid in [doomed["pid"], *on_doomed]), timeout=20,
+                what="the node's processes gone")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""

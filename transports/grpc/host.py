@@ -79,6 +79,7 @@ class ProcessHost:
         try:
             await self.stream.read()
         except grpc.aio.AioRpcError as error:
+            await self.server.stop(0)
             raise ConnectionError(f"The rayref node at {self.endpoint} refused this process: "
                                   f"{error.details() or error.code().name}") from None
         self.reader = asyncio.ensure_future(self._read())

@@ -92,8 +92,8 @@ class NodeServer:
             asyncio.ensure_future(self._watch_owner())
         await self.stopped.wait()
         self.stop_workers()
-        for outbox in list(self.attached.values()):
-            outbox.close()  # Attach calls end cleanly rather than being cancelled by stop()
+        for outbox in [*self.attached.values(), *self.peers.values()]:
+            outbox.close()  # calls end cleanly, here and at their other end, rather than being cancelled
         await server.stop(0.2)
         if self.owner_pid:
             shm.cleanup(self.session)
@@ -210,12 +210,23 @@ class NodeServer:
     async def receive(self, request_iterator, context):
         if not wire.authorized(context, self.token):
             return b""
+        peer = ""
         try:
             async for data in request_iterator:
-                self._route_batch(data)
+                source = self._route_batch(data)
+                peer = peer or source
         except asyncio.CancelledError:  # this node is stopping
-            pass
+            return b""
+        except Exception as error:  # noqa: BLE001 - the peer's connection broke: it is as good as dead
+            log.warning("the stream from node %s broke: %s", peer, error)
+        self._peer_gone(peer)
         return b""
+
+    def _peer_gone(self, peer: str) -> None:
+        """The head is the failure detector: a node whose stream to it ends has died (or left)."""
+        if self.cp is not None and peer and peer != self.node_id and not self.stopped.is_set():
+            self.deliver(p.CONTROL_PLANE, p.CONTROL_PLANE, p.NodeDied(
+                node_id=peer, reason="its connection to the head was lost (the node process exited or was killed)"))
 
     async def attach(self, request_iterator, context):
         if not wire.authorized(context, self.token):
@@ -241,13 +252,17 @@ class NodeServer:
         try:
             async for data in request_iterator:
                 self._route_batch(data)
-        except grpc.aio.AioRpcError:
+        except Exception:  # noqa: BLE001 - the process's stream broke: it has detached
             pass
 
-    def _route_batch(self, data: bytes) -> None:
-        """(A function, so that no envelope, and no segment it maps, outlives its routing.)"""
+    def _route_batch(self, data: bytes) -> str:
+        """Route one gRPC message; the node its envelopes came from. (A function, so that no
+        envelope, and no segment it maps, outlives its routing.)"""
+        source = ""
         for envelope in wire.unpack(data):
+            source = self.node_of(envelope[0])
             self.route(*envelope)
+        return source
 
     def _detached(self, address: str) -> None:
         popen = self.workers.pop(address, None)

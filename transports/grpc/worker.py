@@ -48,7 +48,11 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.WARNING, format="(worker) %(message)s")
     host = ProcessHost(args.worker_id, args.node_id, args.node, read_token(args.session), is_driver=False)
     worker.set_transport(WorkerTransport(host))
-    asyncio.run(serve(host))
+    try:
+        asyncio.run(serve(host))
+    except ConnectionError as error:  # its node is gone before it could attach
+        logging.warning("%s", error)
+        os._exit(1)
     os._exit(0)
 
 
