@@ -34,7 +34,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         raise RuntimeError("Maybe you called ray.init twice by accident? This error can be suppressed by passing "
                            "in 'ignore_reinit_error=True' or by calling 'ray.shutdown()' prior to 'ray.init()'.")
     address = address or os.environ.get("RAYREF_ADDRESS") or None
-    kind = transport or os.environ.get("RAYREF_TRANSPORT") or ("grpc" if address else "sim")
+    kind = transport or os.environ.get("RAYREF_TRANSPORT") or "grpc"
     if kind not in TRANSPORTS:
         raise ValueError(f"Unknown transport {kind!r}; choose one of {TRANSPORTS} (argument transport= or "
                          f"environment variable RAYREF_TRANSPORT).")

@@ -20,13 +20,21 @@ def walkthrough_ray():
     ray.shutdown()
 
 
-def test_getting_started_plain_init():
-    """``import ray; ray.init()`` exactly as written: no arguments, a local cluster starts."""
+def test_getting_started_plain_init(seed_transport):
+    """``import ray; ray.init()`` exactly as written: no arguments, a local cluster starts (a real one
+    unless RAYREF_TRANSPORT says otherwise)."""
     assert not ray.is_initialized()
     info = ray.init()
     assert ray.is_initialized()
-    assert info["transport"] == "sim"
+    assert info["transport"] == seed_transport
     assert ray.cluster_resources()["CPU"] >= 1
+
+
+def test_bare_init_starts_a_real_local_cluster(monkeypatch):
+    """W-9: with no transport named anywhere, init() starts processes, as ray.init() does."""
+    monkeypatch.delenv("RAYREF_TRANSPORT")
+    info = ray.init()
+    assert info["transport"] == "grpc" and info["session"]
 
 
 def test_first_remote_call_initializes_implicitly():

@@ -52,7 +52,7 @@ def test_same_seed_same_digest_and_results():
 
 
 def test_hundred_sleeping_tasks_take_virtual_time_only():
-    rayref.init(num_cpus=100, seed=1)
+    rayref.init(num_cpus=100, seed=1, transport="sim")
 
     @rayref.remote
     def nap():
@@ -275,7 +275,7 @@ def test_borrowed_reference_keeps_object_alive(make_cluster):
 
 
 def test_no_leak_between_runs():
-    rayref.init(num_cpus=2, seed=0)
+    rayref.init(num_cpus=2, seed=0, transport="sim")
 
     @rayref.remote
     class A:
@@ -285,7 +285,7 @@ def test_no_leak_between_runs():
     rayref.shutdown()
     assert time.sleep is not None and os.getpid() == os.getpid()
     assert time.time() > 1.7e9 and abs(time.time() - __import__("datetime").datetime.now().timestamp()) < 5
-    rayref.init(num_cpus=2, seed=0)
+    rayref.init(num_cpus=2, seed=0, transport="sim")
     with pytest.raises(ValueError):
         rayref.get_actor("solo")
 

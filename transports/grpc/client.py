@@ -122,7 +122,8 @@ def _attach(head: dict, token: str, namespace: str, job_env) -> ProcessHost:
             return
         ready.set()
         loop.run_forever()
-        loop.run_until_complete(host.server.stop(0))
+        host.closing.set()
+        loop.run_until_complete(host.server.stop(0.5))
         tasks = asyncio.all_tasks(loop)
         for task in tasks:
             task.cancel()

@@ -64,6 +64,7 @@ class ProcessHost:
         """Serve ``Send`` for peers of this node, then open the stream to the node."""
         self.loop = asyncio.get_running_loop()
         self.loop_thread = threading.get_ident()
+        self.closing = asyncio.Event()
         self.server = grpc.aio.server(options=wire.OPTIONS)
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(wire.SERVICE, {
             "Send": grpc.stream_unary_rpc_method_handler(
@@ -97,11 +98,7 @@ class ProcessHost:
         """A peer process of this node streams envelopes straight to this one."""
         if not wire.authorized(context, self.token):
             return b""
-        try:
-            async for data in request_iterator:
-                self.on_messages(wire.unpack(data))
-        except asyncio.CancelledError:  # this process is detaching
-            pass
+        await wire.read_until(self.closing, request_iterator, lambda data: self.on_messages(wire.unpack(data)))
         return b""
 
     def on_messages(self, envelopes) -> None:

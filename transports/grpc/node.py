@@ -202,7 +202,8 @@ class NodeServer:
                                             response_deserializer=wire.identity)
                 await send(outbox.batches(), metadata=wire.metadata(self.token))
         except (grpc.aio.AioRpcError, KeyError) as error:
-            log.warning("lost the stream to node %s: %s", node_id, error)
+            details = error.details() if isinstance(error, grpc.aio.AioRpcError) else repr(error)
+            log.warning("lost the stream to node %s: %s", node_id, details)
             self.peers.pop(node_id, None)
 
     # ------------------------------------------------------------------ the gRPC methods
@@ -210,16 +211,22 @@ class NodeServer:
     async def receive(self, request_iterator, context):
         if not wire.authorized(context, self.token):
             return b""
-        peer = ""
+        peers = []
+
+        def handle(data: bytes) -> None:
+            source = self._route_batch(data)
+            if not peers:
+                peers.append(source)
+
         try:
-            async for data in request_iterator:
-                source = self._route_batch(data)
-                peer = peer or source
-        except asyncio.CancelledError:  # this node is stopping
-            return b""
+            if not await wire.read_until(self.stopped, request_iterator, handle):
+                return b""
+        except asyncio.CancelledError:  # gRPC cancels the call when its peer's connection is gone
+            self._peer_gone(peers[0] if peers else "")
+            raise
         except Exception as error:  # noqa: BLE001 - the peer's connection broke: it is as good as dead
-            log.warning("the stream from node %s broke: %s", peer, error)
-        self._peer_gone(peer)
+            log.warning("the stream from node %s broke: %s", peers, error)
+        self._peer_gone(peers[0] if peers else "")
         return b""
 
     def _peer_gone(self, peer: str) -> None:

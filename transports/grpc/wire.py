@@ -96,6 +96,26 @@ class Outbox:
                     self.written()
 
 
+async def read_until(closing: asyncio.Event, request_iterator, handle) -> bool:
+    """Give each message of a client stream to ``handle`` until the stream ends (True, or its error)
+    or ``closing`` is set (False). A handler that returns when its server is closing is not
+    cancelled by the server's stop, which would print a traceback for every open stream."""
+    async def read():
+        async for data in request_iterator:
+            handle(data)
+
+    reader, closed = asyncio.ensure_future(read()), asyncio.ensure_future(closing.wait())
+    try:
+        await asyncio.wait({reader, closed}, return_when=asyncio.FIRST_COMPLETED)
+        if reader.done():
+            reader.result()
+            return True
+        return False
+    finally:
+        reader.cancel()
+        closed.cancel()
+
+
 def local_endpoint(token: str, address: str) -> str:
     """Where the process ``address`` of a cluster serves ``Send`` on this machine (no file to clean up)."""
     return f"unix-abstract:rayref-{hashlib.sha256(token.encode()).hexdigest()[:12]}-{address}"
