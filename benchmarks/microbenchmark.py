@@ -1,7 +1,7 @@
 """Ray's ``ray microbenchmark`` set, for rayref (any transport) and for real Ray.
 
-    python -m benchmarks.microbenchmark                              # rayref on the sim transport
-    python -m benchmarks.microbenchmark --backend rayref --transport grpc
+    python -m benchmarks.microbenchmark                              # rayref, a real local cluster (gRPC)
+    python -m benchmarks.microbenchmark --transport sim              # rayref's simulator
     python -m benchmarks.microbenchmark --backend ray                # real Ray, if `import ray` works
     python -m benchmarks.microbenchmark --compare                    # both, then a rayref/ray ratio table
     python -m benchmarks.microbenchmark --filter "actor"             # only benchmarks whose name matches
@@ -485,8 +485,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--backend", choices=("rayref", "ray"), default="rayref")
-    parser.add_argument("--transport", default="sim",
-                        help="rayref's transport, passed to rayref.init(transport=...) (default sim)")
+    parser.add_argument("--transport", default="grpc",
+                        help="rayref's transport, passed to rayref.init(transport=...) (default grpc: real processes)")
     parser.add_argument("--compare", action="store_true",
                         help="run rayref and (if installed) ray, each in a child process, then print rayref/ray")
     parser.add_argument("--filter", default=None, help="regex: run only benchmarks whose name matches")
