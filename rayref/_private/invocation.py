@@ -46,22 +46,27 @@ def encode_args(ctx, name: str, args: tuple, kwargs: dict):
 
     call_args = [swap(a) for a in args]
     call_kwargs = {k: swap(v) for k, v in kwargs.items()}
-    blob = _serialize_args(name, call_args, call_kwargs)
+    blob = _serialize_args(name, call_args, call_kwargs, defer_large=True)  # sizes first, copies once known
     threshold = ctx.cw.config.inline_threshold
-    if blob.nbytes > threshold:
-        for i, value in enumerate(call_args):
-            if not isinstance(value, Dependency) and serialization.serialize(value).nbytes > threshold:
-                call_args[i] = swap(put_value(ctx, value))
-        for k, value in call_kwargs.items():
-            if not isinstance(value, Dependency) and serialization.serialize(value).nbytes > threshold:
-                call_kwargs[k] = swap(put_value(ctx, value))
-        blob = _serialize_args(name, call_args, call_kwargs)
-    return blob, tuple(deps), keep
+    if blob.nbytes <= threshold:
+        serialization.copy_deferred(blob)  # the spec keeps it (retries): it must not alias the caller's values
+        return blob, tuple(deps), keep
+    for i, value in enumerate(call_args):
+        if not isinstance(value, Dependency) and _size(value) > threshold:
+            call_args[i] = swap(put_value(ctx, value))
+    for k, value in call_kwargs.items():
+        if not isinstance(value, Dependency) and _size(value) > threshold:
+            call_kwargs[k] = swap(put_value(ctx, value))
+    return _serialize_args(name, call_args, call_kwargs), tuple(deps), keep
 
 
-def _serialize_args(name: str, args: list, kwargs: dict) -> p.Blob:
+def _size(value) -> int:
+    return serialization.serialize(value, defer_large=True).nbytes
+
+
+def _serialize_args(name: str, args: list, kwargs: dict, defer_large: bool = False) -> p.Blob:
     try:
-        return serialization.serialize((tuple(args), kwargs))
+        return serialization.serialize((tuple(args), kwargs), defer_large=defer_large)
     except Exception as error:
         for value in list(args) + list(kwargs.values()):
             try:
@@ -85,10 +90,15 @@ def put_value(ctx, value) -> ObjectRef:
         raise TypeError("Calling put() on an ObjectRef is not allowed: the value already lives in the "
                         "object store. Pass the ObjectRef itself, or put the value it stands for.")
     try:
-        blob = serialization.serialize(value)
+        blob = serialization.serialize(value, defer_large=True)
     except Exception as error:
         raise TypeError(f"put() failed: {serialization.describe_unserializable(value, error)}") from error
-    waiter = ctx.call(ctx.cw.put, blob)
+    if blob.nbytes <= ctx.cw.config.inline_threshold:
+        serialization.copy_deferred(blob)  # small: this process keeps it
+    try:  # large: sent to the node now; the transport copies it as it encodes it (gRPC: into shared memory)
+        waiter = ctx.call(ctx.cw.put, blob)
+    finally:
+        serialization.copy_deferred(blob)  # whatever the transport did not copy (the sim): before put returns
     info = waiter.value
     ref = ObjectRef(info.object_id, info.owner, ctx.cw)
     if not waiter.done:
