@@ -1,6 +1,7 @@
 """The public API: Ray Core's functions, by Ray's names, over whichever transport is connected."""
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 
@@ -96,7 +97,7 @@ def _make_remote(target, options: dict):
 
 
 def _check_refs(object_refs, what: str) -> list[ObjectRef]:
-    if isinstance(object_refs, (list, tuple)) and all(isinstance(r, ObjectRef) for r in object_refs):
+    if isinstance(object_refs, (list, tuple)) and all(map(isinstance, object_refs, itertools.repeat(ObjectRef))):
         return list(object_refs)
     raise ValueError(f"'object_refs' of {what} must be an ObjectRef or a list of ObjectRefs, got "
                      f"{_describe(object_refs)}. Pass the ObjectRef returned by .remote() or put().")
@@ -132,7 +133,9 @@ def put(value) -> ObjectRef:
 def wait(object_refs, *, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True):
     """(ready, not_ready): the first ``num_returns`` ready refs, both lists in input order."""
     refs = _check_refs(object_refs, "wait()")
-    if len({r.hex() for r in refs}) != len(refs):
+    infos = [r.info() for r in refs]
+    ids = [info.object_id for info in infos]
+    if len(set(ids)) != len(ids):
         raise ValueError("Wait requires a list of unique object refs; remove the duplicates.")
     if not isinstance(num_returns, int) or isinstance(num_returns, bool) or not 1 <= num_returns <= len(refs):
         if refs or num_returns != 1:
@@ -141,12 +144,14 @@ def wait(object_refs, *, num_returns: int = 1, timeout: float | None = None, fet
     if not refs:
         return [], []
     ctx = worker.current()
-    waiter = ctx.call(ctx.cw.begin_get, [r.info() for r in refs], timeout, fetch_local, num_returns)
+    waiter = ctx.call(ctx.cw.begin_get, infos, timeout, fetch_local, num_returns)
     if not waiter.done:
         ctx.block(waiter)
     ready_ids = set(ctx.call(ctx.cw.ready_ids, waiter, num_returns))
-    ready = [r for r in refs if r.hex() in ready_ids]
-    return ready, [r for r in refs if r.hex() not in ready_ids]
+    ready, not_ready = [], []
+    for ref, object_id in zip(refs, ids):
+        (ready if object_id in ready_ids else not_ready).append(ref)
+    return ready, not_ready
 
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:

@@ -205,7 +205,7 @@ class CoreWorker:
 
     def _watch(self, infos, need: int, fetch_local: bool, on_done=None) -> Waiter:
         self.seq += 1
-        waiter = Waiter(self.seq, tuple(i.object_id for i in infos), need, fetch_local, on_done=on_done)
+        waiter = Waiter(self.seq, tuple([i.object_id for i in infos]), need, fetch_local, on_done=on_done)
         watched = []
         for info in infos:
             ref = self.refs.get(info.object_id) or self._borrowed_entry(info)

@@ -146,22 +146,24 @@ class ProcessHost:
             self.loop.call_soon_threadsafe(self._flush)
 
     def _flush(self) -> None:
-        """Hand envelopes to their streams in dispatch order, across streams too: one goes to its
-        stream only when every earlier one on another stream has been written. So what this
-        process sent before a message to its node (a reply, then a request to end the actor)
-        has left before it, as when every envelope went through the node (FIFO1 and more)."""
+        """Hand envelopes to their streams in dispatch order, across the node's stream too: an
+        envelope for the node goes only when every earlier one to a peer has been written, and
+        one for a peer only when every earlier one for the node has. So what this process sent
+        before a message to its node (a reply, then a request to end the actor) leaves before
+        it, and the other way round, as when every envelope went through the node. Streams to
+        two peers do not wait for each other (a caller alternating between actors would
+        otherwise send one envelope per gRPC message)."""
         self.flush_scheduled = False
         while self.pending:
             to, envelope = self.pending[0]
             outbox = self._outbox(to)
-            if any(other.unwritten for other in self.streams() if other is not outbox):
+            if outbox is self.to_node:
+                if any(peer.unwritten for peer in self.direct.values()):
+                    return
+            elif self.to_node.unwritten:
                 return
             self.pending.popleft()
             outbox.put(envelope)
-
-    def streams(self):
-        yield self.to_node
-        yield from self.direct.values()
 
     def _outbox(self, to: str) -> wire.Outbox:
         """A process of this node gets its envelopes directly; everyone else through the node."""
