@@ -13,7 +13,7 @@ import rayref
 from rayref._private import worker
 from rayref.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from grpc_helpers import processes_of
+from grpc_helpers import alive, cmdline, processes_of
 
 real_monotonic = time.monotonic
 pytestmark = pytest.mark.timeout(120)
@@ -244,7 +244,7 @@ def test_sigkill_of_a_node_retries_its_tasks_and_restarts_its_actors(tmp_path):
     _eventually(lambda: marker.exists() and marker.read_text(), what="the task started")
     assert marker.read_text() == doomed["node_id"]
     session = worker.transport().session.path
-    on_doomed = [pid for pid in processes_of(session) if doomed["node_id"] in _cmdline(pid)]
+    on_doomed = [pid for pid in processes_of(session) if doomed["node_id"] in cmdline(pid)]
     assert len(on_doomed) >= 2  # its workers (the node process itself names no node id)
     os.kill(doomed["pid"], signal.SIGKILL)
 
@@ -252,21 +252,6 @@ def test_sigkill_of_a_node_retries_its_tasks_and_restarts_its_actors(tmp_path):
     assert rayref.get(ref, timeout=30) == head
     assert rayref.get(actor.node.remote(), timeout=30) == head
     assert [n["Alive"] for n in rayref.nodes() if n["NodeID"] == doomed["node_id"]] == [False]
-    _eventually(lambda: not any(_alive(pid) for pid in [doomed["pid"], *on_doomed]), timeout=20,
+    _eventually(lambda: not any(alive(pid) for pid in [doomed["pid"], *on_doomed]), timeout=20,
                 what="the node's processes gone")
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
