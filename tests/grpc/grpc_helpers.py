@@ -1,5 +1,18 @@
 """Helpers for the gRPC tests."""
 import os
+import time
+
+real_monotonic = time.monotonic
+real_sleep = time.sleep
+
+
+def eventually(check, timeout=10.0, what="the condition"):
+    """Wait (real time) until ``check()`` holds; fail saying ``what`` did not within ``timeout`` s."""
+    deadline = real_monotonic() + timeout
+    while not check():
+        if real_monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout} s")
+        real_sleep(0.05)
 
 
 def cmdline(pid: int) -> str:

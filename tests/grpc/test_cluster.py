@@ -13,18 +13,14 @@ import rayref
 from rayref._private import worker
 from rayref.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from grpc_helpers import alive, cmdline, processes_of
+from grpc_helpers import alive, cmdline, eventually, processes_of
 
 real_monotonic = time.monotonic
 pytestmark = pytest.mark.timeout(120)
 
 
 def _eventually(check, timeout=15.0, what="the condition"):
-    deadline = real_monotonic() + timeout
-    while not check():
-        if real_monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout} s")
-        time.sleep(0.05)
+    eventually(check, timeout, what)
 
 
 def _cli(*args, timeout=60):

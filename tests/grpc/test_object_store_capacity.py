@@ -15,22 +15,13 @@ from rayref._private import serialization, worker
 from rayref.core import protocol as p
 from transports.grpc import shm, wire
 
-from grpc_helpers import processes_of
+from grpc_helpers import eventually, processes_of
 
-real_monotonic = time.monotonic
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(not os.path.isdir(shm.SHM_DIR), reason="needs /dev/shm")]
 
 MiB = 1024 * 1024
 CAPACITY = 50 * MiB
-
-
-def _eventually(check, timeout=10.0, what="the condition"):
-    deadline = real_monotonic() + timeout
-    while not check():
-        if real_monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout} s")
-        time.sleep(0.05)
 
 
 def _released(check):
@@ -80,7 +71,7 @@ def test_freed_objects_leave_room_without_spilling(session):
         if i == 9:
             assert rayref.get(ref)[-1] == 9
         del ref
-    _eventually(_released(lambda: shm.segment_names(session) == []), what="every segment unlinked")
+    eventually(_released(lambda: shm.segment_names(session) == []), what="every segment unlinked")
     assert shm.spilled_names(session) == []
 
 
@@ -91,21 +82,21 @@ def test_pinned_objects_beyond_capacity_are_spilled_and_read_back(session):
         return int(array[-1])
 
     refs = [rayref.put(_array(i)) for i in range(6)]
-    _eventually(lambda: len(shm.spilled_names(session)) == 3, what="three objects spilled")
-    _eventually(lambda: _shm_bytes(session) <= CAPACITY, what="shared memory within the capacity")
+    eventually(lambda: len(shm.spilled_names(session)) == 3, what="three objects spilled")
+    eventually(lambda: _shm_bytes(session) <= CAPACITY, what="shared memory within the capacity")
     assert _deleted_segments_mapped_here(session) == []  # the putter keeps no mapping of what it put
     assert [int(rayref.get(r)[0]) for r in refs] == list(range(6))
     spilled = rayref.get(refs[0])
     assert shm.segment_of(spilled) in shm.spilled_names(session) and not spilled.flags.writeable
     assert rayref.get([last.remote(r) for r in refs]) == list(range(6))  # a worker maps the spill files too
     del refs, spilled
-    _eventually(_released(lambda: shm.segment_names(session) == [] and shm.spilled_names(session) == []),
+    eventually(_released(lambda: shm.segment_names(session) == [] and shm.spilled_names(session) == []),
                 what="segments and spill files removed once freed")
 
 
 def test_an_object_larger_than_the_store_is_spilled_on_arrival(session):
     ref = rayref.put(np.ones(64 * MiB, dtype=np.uint8))
-    _eventually(_released(lambda: len(shm.spilled_names(session)) == 1 and shm.segment_names(session) == []),
+    eventually(_released(lambda: len(shm.spilled_names(session)) == 1 and shm.segment_names(session) == []),
                 what="the object moved to a spill file")
     assert int(rayref.get(ref)[::4096].sum()) == 64 * MiB // 4096
 
@@ -113,17 +104,17 @@ def test_an_object_larger_than_the_store_is_spilled_on_arrival(session):
 def test_copies_on_other_nodes_are_freed_with_their_primary(session):
     """A copy pulled to another node, from memory or from a spill file, goes when the owner frees it."""
     other = worker.transport().add_node(num_cpus=1, resources={"B": 1}, object_store_memory=CAPACITY)
-    _eventually(lambda: len(rayref.nodes()) == 2, what="two nodes registered")
+    eventually(lambda: len(rayref.nodes()) == 2, what="two nodes registered")
 
     @rayref.remote(resources={"B": 1})
     def where(array):
         return int(array[0]), rayref.get_runtime_context().get_node_id()
 
     refs = [rayref.put(_array(i)) for i in range(4)]  # the first is spilled on the head
-    _eventually(lambda: len(shm.spilled_names(session)) == 1, what="one object spilled")
+    eventually(lambda: len(shm.spilled_names(session)) == 1, what="one object spilled")
     assert rayref.get([where.remote(r) for r in refs]) == [(i, other["node_id"]) for i in range(4)]
     del refs
-    _eventually(_released(lambda: shm.segment_names(session) == [] and shm.spilled_names(session) == []),
+    eventually(_released(lambda: shm.segment_names(session) == [] and shm.spilled_names(session) == []),
                 what="primaries, spill file and the other node's copies removed")
 
 

@@ -1,7 +1,6 @@
 """The gRPC transport's shared-memory object path: one copy per put, zero-copy reads, no leaks."""
 import gc
 import os
-import time
 
 import numpy as np
 import pytest
@@ -11,19 +10,11 @@ from rayref._private import executor, serialization, worker
 from rayref.core import protocol as p
 from transports.grpc import shm, wire
 
-real_monotonic = time.monotonic
+from grpc_helpers import eventually
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(not os.path.isdir(shm.SHM_DIR), reason="needs /dev/shm")]
 
 MiB = 1024 * 1024
-
-
-def _eventually(check, timeout=10.0, what="the condition"):
-    deadline = real_monotonic() + timeout
-    while not check():
-        if real_monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout} s")
-        time.sleep(0.05)
 
 
 def _exists(name: str) -> bool:
@@ -100,13 +91,13 @@ def test_a_freed_object_leaves_dev_shm():
         assert rayref.get(first.remote(ref)) == 1  # a worker mapped it too
         assert _exists(name)
         del ref
-        _eventually(_released(lambda: not _exists(name)), what=f"{name} unlinked once freed")
+        eventually(_released(lambda: not _exists(name)), what=f"{name} unlinked once freed")
         assert got[-1] == 1  # a process still holding a mapping keeps reading it
         del got
         ref = rayref.put(np.ones(4 * MiB, dtype=np.uint8))
-        _eventually(lambda: len(shm.segment_names(session)) == 1, what="the put's segment made")
+        eventually(lambda: len(shm.segment_names(session)) == 1, what="the put's segment made")
         del ref
-        _eventually(_released(lambda: shm.segment_names(session) == []), what="the session's segments unlinked")
+        eventually(_released(lambda: shm.segment_names(session) == []), what="the session's segments unlinked")
     finally:
         _stop(session)
 
@@ -130,7 +121,7 @@ def test_objects_between_nodes_are_copied_and_freed():
     session = _start()
     try:
         other = worker.transport().add_node(num_cpus=1, resources={"B": 1})
-        _eventually(lambda: len(rayref.nodes()) == 2, what="two nodes registered")
+        eventually(lambda: len(rayref.nodes()) == 2, what="two nodes registered")
 
         @rayref.remote(resources={"B": 1})
         def total(array):
@@ -149,7 +140,7 @@ def test_objects_between_nodes_are_copied_and_freed():
         assert len(shm.segment_names(session)) == 4
         del ref, made
         # The owner frees the primary copies; each primary's node frees the copies it sent (P-OBJ-8).
-        _eventually(_released(lambda: shm.segment_names(session) == []),
+        eventually(_released(lambda: shm.segment_names(session) == []),
                     what="the primary copies and the copies made from them unlinked once freed")
         assert not _exists(primary) and not _exists(copy)
     finally:
