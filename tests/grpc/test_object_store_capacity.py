@@ -5,7 +5,6 @@ outgrow the store are spilled to files of the session (and read back), copies on
 go with their primary, and nothing outlives the cluster. OS1-OS3, P-OBJ-8, P-OBJ-9.
 """
 import os
-import time
 
 import numpy as np
 import pytest
