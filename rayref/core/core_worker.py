@@ -287,14 +287,14 @@ class CoreWorker:
                 self.send(self.node_id, p.WorkerBlocked(worker_id=self.address))
 
     def _on_timer(self, msg: p.TimerFired) -> None:
-        if msg.key[0] == "inflight":
-            self.actors.on_grace_over(*msg.key[1:])
-            return
-        if msg.key[0] == "linger":
-            self.normal.on_linger_over(*msg.key[1:])
-            return
-        waiter = self.waiters.get(msg.key[1])
-        if waiter is not None:
+        """A timer is keyed by what it is for: an actor's reply grace, a lingering lease, or a
+        get/wait timeout."""
+        kind, *rest = msg.key
+        if kind == "inflight":
+            self.actors.on_grace_over(*rest)
+        elif kind == "linger":
+            self.normal.on_linger_over(*rest)
+        elif (waiter := self.waiters.get(rest[0])) is not None:
             self._finish(waiter, timed_out=True)
 
     # ------------------------------------------------------------------ owner / borrower protocol

@@ -315,9 +315,9 @@ class ActorTaskSubmitter:
         ch.state = ChannelState(info.state)
         ch.death_cause = info.death_cause
         if ch.state in (ChannelState.RESTARTING, ChannelState.DEAD):
-            self._lose_inflight_later(ch, lambda address: True)
+            self._lose_inflight_later(ch, lambda task_id, address: True)
         elif ch.state == ChannelState.ALIVE:
-            self._lose_inflight_later(ch, lambda address: address != info.address)
+            self._lose_inflight_later(ch, lambda task_id, address: address != info.address)
         ch.address = info.address
         self.pump(msg.actor_id)
         self.cw.actor_state_changed(ch)
@@ -328,7 +328,7 @@ class ActorTaskSubmitter:
         if ch is None or ch.state == ChannelState.DEAD:
             return
         ch.state, ch.death_cause = ChannelState.DEAD, reason
-        self._lose_inflight_later(ch, lambda address: True)
+        self._lose_inflight_later(ch, lambda task_id, address: True)
         self.pump(actor_id)
         self.cw.actor_state_changed(ch)
 
@@ -366,7 +366,7 @@ class ActorTaskSubmitter:
         """Calls in flight to a dead incarnation are lost, but only after ``actor_reply_grace``:
         replies it sent before it died may travel a faster path than the news of its death
         (Ray likewise waits for the call's own connection to fail, not for the GCS)."""
-        doomed = tuple(item for item in ch.inflight.items() if lost_if(item[1]))
+        doomed = tuple(item for item in ch.inflight.items() if lost_if(*item))
         if doomed:
             self.cw.out.append(p.StartTimer(key=("inflight", ch.actor_id, doomed),
                                             delay=self.cw.config.actor_reply_grace))

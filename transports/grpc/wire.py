@@ -52,7 +52,7 @@ def pack(batch: list[bytes]) -> bytes:
 
 def unpack(data: bytes) -> list:
     """The envelopes of one gRPC message, decoded."""
-    return [pickle.loads(envelope) for envelope in pickle.loads(data)]
+    return [decode(envelope) for envelope in pickle.loads(data)]
 
 
 class Outbox:
