@@ -196,7 +196,9 @@ class ProcessHost:
             self.direct.pop(to, None)
             for envelope in outbox.take():
                 self.to_node.put(envelope)
+            outbox.close()  # gRPC's task still reading the generator ends, rather than being destroyed pending
             self._flush()
+            await asyncio.sleep(0)
             await channel.close()
 
     # ------------------------------------------------------------------ ProcessContext

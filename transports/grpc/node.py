@@ -132,7 +132,9 @@ class NodeServer:
         if node == self.node_id:
             self.deliver(src, to, msg)
         else:
-            self.peer(node).put(wire.encode(src, to, msg))
+            outbox = self.peer(node)
+            for item in wire.encode_for_node(src, to, msg):
+                outbox.put(item)
 
     def deliver(self, src: str, to: str, msg: p.Message) -> None:
         """To an engine of this node (in arrival order, never re-entrantly) or an attached process."""
@@ -266,9 +268,12 @@ class NodeServer:
         """Route one gRPC message; the node its envelopes came from. (A function, so that no
         envelope, and no segment it maps, outlives its routing.)"""
         source = ""
-        for envelope in wire.unpack(data):
-            source = self.node_of(envelope[0])
-            self.route(*envelope)
+        for src, to, msg in wire.unpack(data):
+            source = self.node_of(src)
+            if type(msg) is shm.Chunk:
+                shm.receive_chunk(msg)
+            else:
+                self.route(src, to, msg)
         return source
 
     def _detached(self, address: str) -> None:

@@ -28,9 +28,12 @@ Which messages make segments: only those whose blob lands in a node's store, ``P
 object to a local process) and ``ObjectTransfer`` (a node sends a copy to another node).
 Small values (inline, below the engine's 100 KiB) never reach those and stay in-band. A Blob
 that is already in shared memory travels as its descriptor, with no copy, to a process of
-the same node; to another node it travels in-band, except an ``ObjectTransfer``, which is a
-copy into a new segment (a transfer is a copy, as in Ray, and the receiving node must own
-its copy). When a segment is made for a Blob this process keeps (the put's own Blob, a node's
+the same node; to another node it travels in-band, except an ``ObjectTransfer``: its large
+buffers stream to the other node in chunks (``Chunk``, ``CHUNK_BYTES`` each, as Ray's object
+manager does) ahead of the envelope, which names each as ``("chunks", key, size)``. The
+receiving node writes the chunks into a new segment of its own as they arrive
+(``receive_chunk``) and maps it when the envelope is decoded: a transfer is a copy, as in Ray,
+the receiving node owns it, and nothing of it depends on the two nodes sharing a machine. When a segment is made for a Blob this process keeps (the put's own Blob, a node's
 stored Blob), the Blob's buffers are swapped for the mapping, so the process-private bytes
 are freed and its own reads come from the shared pages too.
 
@@ -89,6 +92,8 @@ SHM_DIR = "/dev/shm"
 PREFIX = "rayref-"
 THRESHOLD = 64 * 1024
 """Buffers (and pickle streams) at least this large go to shared memory."""
+CHUNK_BYTES = 5 * 1024 * 1024
+"""An object's large buffers move between nodes in pieces of this size (Ray's default chunk size)."""
 GRACE = 2.0
 """Seconds an owner keeps a dropped segment's name after it last sent its descriptor."""
 SESSION_ENV = "RAYREF_SHM_SESSION"
@@ -356,10 +361,10 @@ def _at_exit() -> None:
 class _Encoding:
     """How the Blobs of one envelope travel (see the module doc)."""
 
-    def __init__(self, to: str, msg):
+    def __init__(self, to: str, msg, chunked: list | None):
         self.store_bound = isinstance(msg, _STORE_BOUND)
-        self.transfer = isinstance(msg, p.ObjectTransfer)
         self.cross_node = _node_id is not None and to.split(".", 1)[0] != _node_id
+        self.chunked = chunked if isinstance(msg, p.ObjectTransfer) and self.cross_node else None
 
     def reduce_blob(self, blob: p.Blob):
         data, data_spec = self.place(blob.data)
@@ -386,17 +391,16 @@ class _Encoding:
                 if segment.path in _owned:
                     _owned[segment.path] = time.monotonic()
             return buffer, (segment.kind, segment.path, len(segment), False, _host)
-        if segment is not None:
-            new_segment = self.transfer  # to another node: a transfer is a copy, anything else goes in-band
-        else:
-            new_segment = self.store_bound and _flat(buffer).nbytes >= THRESHOLD and enabled()
-        if new_segment:
-            # A worker or driver hands its new segment to its node; a node hands a transfer's copy to
-            # the receiving node and owns what it makes for its own store.
-            made = self.make(buffer, handoff=_node_id is None or self.cross_node)
+        size = _flat(buffer).nbytes
+        if self.chunked is not None and size >= THRESHOLD:  # a transfer to another node streams its buffers
+            key = f"{_node_id}-{os.getpid()}-{next(_counter)}"
+            self.chunked.append((key, buffer))
+            return buffer, ("chunks", key, size)
+        if segment is None and self.store_bound and size >= THRESHOLD and enabled() and not self.cross_node:
+            # A worker or driver hands its new segment to its node; a node owns what it makes for its own store.
+            made = self.make(buffer, handoff=_node_id is None)
             if made is not None:
-                mapping, spec = made
-                return (buffer if self.cross_node else mapping), spec
+                return made
         if is_deferred(buffer):
             copy = bytes(_flat(buffer))
             return copy, copy
@@ -438,10 +442,11 @@ class _Pickler(pickle.Pickler):
     dispatch_table = {**copyreg.dispatch_table, p.Blob: _reduce_blob}
 
 
-def dumps(envelope: tuple) -> bytes:
-    """Pickle an envelope ``(src, to, msg)``."""
+def dumps(envelope: tuple, chunked: list | None = None) -> bytes:
+    """Pickle an envelope ``(src, to, msg)``. For an ``ObjectTransfer`` to another node, each large
+    buffer is appended to ``chunked`` as ``(key, buffer)`` and travels there (``chunks``), not here."""
     out = io.BytesIO()
-    _encoding.current = _Encoding(envelope[1], envelope[2])
+    _encoding.current = _Encoding(envelope[1], envelope[2], chunked)
     try:
         _Pickler(out, protocol=5).dump(envelope)
     finally:
@@ -453,8 +458,8 @@ def _rebuild_blob(fields: dict) -> p.Blob:
     problems = []
 
     def load(spec):
-        if type(spec) is tuple and spec and spec[0] in ("shm", "disk"):
-            found = _attach(*spec)
+        if type(spec) is tuple and spec and spec[0] in ("shm", "disk", "chunks"):
+            found = _attach(*spec) if spec[0] != "chunks" else _assembled(*spec[1:])
             if isinstance(found, str):
                 problems.append(found)
                 return b""
@@ -468,3 +473,100 @@ def _rebuild_blob(fields: dict) -> p.Blob:
         return p.Blob(data=b"", nbytes=fields["nbytes"], contained=fields["contained"], is_error=True,
                       system_error=("ObjectLostError", f"The object cannot be read here: {problems[0]}."))
     return p.Blob(**fields)
+
+
+# ------------------------------------------------------------------ transfers in chunks
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Chunk:
+    """``data`` is the piece at ``offset`` of the ``size`` bytes of the buffer streamed as ``key``."""
+
+    key: str
+    offset: int
+    size: int
+    data: bytes
+
+
+def chunks(key: str, buffer):
+    """The pieces of ``buffer`` as ``Chunk`` makers: each reads its bytes only when called, so a
+    transfer waiting for its turn on a stream holds no copy of the object."""
+    view = _flat(buffer)
+    return [lambda offset=offset: Chunk(key, offset, view.nbytes, bytes(view[offset:offset + CHUNK_BYTES]))
+            for offset in range(0, view.nbytes, CHUNK_BYTES)]
+
+
+class _Assembly:
+    """A buffer arriving in chunks: a new segment of this node's, written piece by piece and mapped
+    read-only once whole (without shared memory: bytes in memory)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.received = 0
+        self.fd = None
+        self.memory = None
+        if enabled():
+            self.name = f"{PREFIX}{_session_id}-{os.getpid()}-{next(_counter)}"
+            self.path = os.path.join(SHM_DIR, self.name)
+            try:
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            except OSError as error:
+                _unavailable(error)
+        if self.fd is None:
+            self.memory = bytearray(size)
+
+    def write(self, offset: int, data: bytes) -> None:
+        if self.fd is None:
+            self.memory[offset:offset + len(data)] = data
+        else:
+            try:
+                done = 0
+                while done < len(data):
+                    done += os.pwrite(self.fd, memoryview(data)[done:], offset + done)
+            except OSError as error:  # /dev/shm is full: the rest (and what came) goes to memory
+                _unavailable(error)
+                self._to_memory()
+                self.memory[offset:offset + len(data)] = data
+        self.received += len(data)
+
+    def _to_memory(self) -> None:
+        self.memory = bytearray(self.size)
+        written = os.pread(self.fd, self.size, 0)
+        self.memory[:len(written)] = written
+        os.close(self.fd)
+        self.fd = None
+        _unlink(self.path)
+
+    def finish(self) -> memoryview:
+        """The whole buffer, read-only; this node owns its segment (unlinked when its store drops it)."""
+        if self.fd is None:
+            return memoryview(self.memory).toreadonly()
+        try:
+            segment = ShmMap(self.fd, self.size, access=mmap.ACCESS_READ)
+        finally:
+            os.close(self.fd)
+        segment.name, segment.kind, segment.path = self.name, "shm", self.path
+        _maps[self.name] = segment
+        _own(segment)
+        with _lock:
+            _owned[segment.path] = time.monotonic()
+        return memoryview(segment)
+
+
+_assemblies: dict[str, _Assembly] = {}
+
+
+def receive_chunk(chunk: Chunk) -> None:
+    """Write one piece of a transfer into its buffer (loop thread of a node; in stream order)."""
+    assembly = _assemblies.get(chunk.key)
+    if assembly is None:
+        assembly = _assemblies[chunk.key] = _Assembly(chunk.size)
+    assembly.write(chunk.offset, chunk.data)
+
+
+def _assembled(key: str, size: int):
+    """The buffer streamed as ``key``, now whole, or the text of why it is not."""
+    assembly = _assemblies.pop(key, None)
+    if assembly is None or assembly.received != size:
+        got = 0 if assembly is None else assembly.received
+        return f"its transfer from another node was cut short ({got} of {size} bytes arrived)"
+    return assembly.finish()

@@ -17,8 +17,14 @@ Two methods on one generic gRPC service, no generated code:
             way instead of two through the node.
 
 Each gRPC message is a *batch*: the envelopes that queued for one stream while the previous
-message was being written (``Outbox``). A gRPC message costs tens of microseconds in Python;
-batching pays it once for a burst of calls.
+message was being written (``Outbox``), up to ``BATCH_BYTES``. A gRPC message costs tens of
+microseconds in Python; batching pays it once for a burst of calls.
+
+Between nodes an ``ObjectTransfer`` of a large object is a stream of ``shm.Chunk``s followed by
+the envelope that names them (``encode_for_node``); each chunk is read from the object only
+when its turn on the stream comes, so gRPC's flow control paces a transfer and no whole copy
+of it waits in memory. The receiving node writes each chunk into its copy as it is decoded,
+before the next envelope is (``unpack`` decodes in order).
 """
 from __future__ import annotations
 
@@ -37,8 +43,23 @@ SEND = f"/{SERVICE}/Send"
 TOKEN_KEY = "rayref-token"
 
 
+BATCH_BYTES = shm.CHUNK_BYTES
+"""A gRPC message carries queued envelopes up to about this many bytes (one larger envelope goes alone)."""
+
+
 def encode(src: str, to: str, msg) -> bytes:
     return shm.dumps((src, to, msg))
+
+
+def encode_for_node(src: str, to: str, msg) -> list:
+    """What carries an envelope to another node: the chunks of a transfer's large buffers (as
+    makers, see ``Outbox``), then the envelope."""
+    streamed: list = []
+    envelope = shm.dumps((src, to, msg), chunked=streamed)
+    items = [lambda make=make: pickle.dumps((src, to, make()), protocol=5)
+             for key, buffer in streamed for make in shm.chunks(key, buffer)]
+    items.append(envelope)
+    return items
 
 
 def decode(data: bytes):
@@ -50,16 +71,18 @@ def pack(batch: list[bytes]) -> bytes:
     return pickle.dumps(batch, protocol=5)
 
 
-def unpack(data: bytes) -> list:
-    """The envelopes of one gRPC message, decoded."""
-    return [decode(envelope) for envelope in pickle.loads(data)]
+def unpack(data: bytes):
+    """The envelopes of one gRPC message, decoded one by one, in order."""
+    for envelope in pickle.loads(data):
+        yield decode(envelope)
 
 
 class Outbox:
     """Envelopes waiting for one stream; ``batches()`` yields them as gRPC messages (loop thread only).
 
-    ``unwritten`` counts those not yet written; ``written`` (if given) is called when a batch has
-    been written, i.e. when gRPC asks for the next one.
+    An item is an encoded envelope, or a function that encodes it when its batch is made (a
+    transfer's chunk). ``unwritten`` counts those not yet written; ``written`` (if given) is
+    called when a batch has been written, i.e. when gRPC asks for the next one.
     """
 
     def __init__(self, written=None):
@@ -69,7 +92,7 @@ class Outbox:
         self.unwritten = 0
         self.written = written
 
-    def put(self, envelope: bytes) -> None:
+    def put(self, envelope) -> None:
         self.items.append(envelope)
         self.unwritten += 1
         self.ready.set()
@@ -78,9 +101,15 @@ class Outbox:
         self.closed = True
         self.ready.set()
 
-    def take(self) -> list[bytes]:
-        batch = list(self.items)
-        self.items.clear()
+    def take(self, limit: int | None = None) -> list[bytes]:
+        """The items queued (the first ones up to ``limit`` bytes, at least one), encoded."""
+        batch, size = [], 0
+        while self.items and (limit is None or not batch or size < limit):
+            item = self.items.popleft()
+            if not isinstance(item, bytes):
+                item = item()
+            batch.append(item)
+            size += len(item)
         return batch
 
     async def batches(self):
@@ -90,8 +119,10 @@ class Outbox:
             if self.closed:
                 return
             if self.items:
-                yield pack(self.take())
+                yield pack(self.take(BATCH_BYTES))
                 self.unwritten = len(self.items)
+                if self.items:
+                    self.ready.set()
                 if self.written is not None:
                     self.written()
 
