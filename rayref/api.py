@@ -133,8 +133,8 @@ def put(value) -> ObjectRef:
 def wait(object_refs, *, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True):
     """(ready, not_ready): the first ``num_returns`` ready refs, both lists in input order."""
     refs = _check_refs(object_refs, "wait()")
-    infos = [r.info() for r in refs]
-    ids = [info.object_id for info in infos]
+    infos = [r._info for r in refs]
+    ids = [r._id for r in refs]
     if len(set(ids)) != len(ids):
         raise ValueError("Wait requires a list of unique object refs; remove the duplicates.")
     if not isinstance(num_returns, int) or isinstance(num_returns, bool) or not 1 <= num_returns <= len(refs):
@@ -148,10 +148,10 @@ def wait(object_refs, *, num_returns: int = 1, timeout: float | None = None, fet
     if not waiter.done:
         ctx.block(waiter)
     ready_ids = set(ctx.call(ctx.cw.ready_ids, waiter, num_returns))
-    ready, not_ready = [], []
-    for ref, object_id in zip(refs, ids):
-        (ready if object_id in ready_ids else not_ready).append(ref)
-    return ready, not_ready
+    if len(ready_ids) == len(refs):
+        return refs, []
+    ready = [ref for ref in refs if ref._id in ready_ids]
+    return ready, [ref for ref in refs if ref._id not in ready_ids]
 
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:

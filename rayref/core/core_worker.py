@@ -192,9 +192,10 @@ class CoreWorker:
 
     def ready_ids(self, waiter: Waiter, limit: int | None = None) -> list[str]:
         """The waiter's ready objects in its order, the first ``limit`` of them."""
-        ready = []
+        ready, table, fetch_local = [], self.refs.refs, waiter.fetch_local
         for oid in waiter.ids:
-            if self._available(self.refs.get(oid), waiter.fetch_local):
+            ref = table.get(oid)
+            if ref is not None and ref.ready and (not fetch_local or ref.blob is not None):
                 ready.append(oid)
                 if len(ready) == limit:
                     break
@@ -204,20 +205,25 @@ class CoreWorker:
         return ref is not None and ref.ready and (not fetch_local or ref.blob is not None)
 
     def _watch(self, infos, need: int, fetch_local: bool, on_done=None) -> Waiter:
+        """A waiter for ``need`` of ``infos``, registered on each that is not yet available. (The
+        one pass over the objects of every blocking ``wait``: kept lean.)"""
         self.seq += 1
         waiter = Waiter(self.seq, tuple([i.object_id for i in infos]), need, fetch_local, on_done=on_done)
-        watched = []
+        watched, pending, table = [], waiter.pending, self.refs.refs
         for info in infos:
-            ref = self.refs.get(info.object_id) or self._borrowed_entry(info)
-            if self._available(ref, fetch_local):
+            oid = info.object_id
+            ref = table.get(oid) or self._borrowed_entry(info)
+            if ref.ready and (not fetch_local or ref.blob is not None):
                 waiter.ready += 1
                 if waiter.ready >= need:  # wait(): the rest need not be looked at
                     break
-                continue
-            waiter.pending[info.object_id] = waiter.pending.get(info.object_id, 0) + 1
-            if waiter not in ref.waiters:
+            elif oid in pending:  # get() of the same object twice
+                pending[oid] += 1
+            else:
+                pending[oid] = 1
                 ref.waiters.append(waiter)
-                watched.append(ref)
+                if ref.ready or not ref.owned:  # an owned object being computed needs nothing asked
+                    watched.append(ref)
         if waiter.ready >= need:
             self._finish(waiter)
             return waiter
@@ -261,8 +267,9 @@ class CoreWorker:
             return
         waiter.done, waiter.timed_out = True, timed_out
         self.waiters.pop(waiter.wid, None)
+        table = self.refs.refs
         for object_id in list(waiter.pending):
-            ref = self.refs.get(object_id)
+            ref = table.get(object_id)
             if ref is not None:
                 self.refs.forget_waiter(ref, waiter)
         if waiter.blocked:

@@ -190,8 +190,14 @@ class ReferenceTable:
         return lost
 
     def forget_waiter(self, ref: Reference, waiter) -> None:
-        if waiter in ref.waiters:
-            ref.waiters.remove(waiter)
+        waiters = ref.waiters
+        if waiters and waiters[-1] is waiter:  # the newest waiter, as a thread that waits in a loop is
+            waiters.pop()
+        elif waiter in waiters:
+            waiters.remove(waiter)
+        else:
+            return
+        if not waiters:
             self._maybe_release(ref)
 
     def validate(self) -> None:
