@@ -51,6 +51,8 @@ class Waiter:
     blocked: bool = False
     on_done: Any = None
     value: Any = None
+    waiting_for: set | None = None
+    """Set for a waiter on objects this process is computing (``_watch_computing``): those not yet here."""
 
 
 class CoreWorker:
@@ -68,6 +70,7 @@ class CoreWorker:
         self.normal = NormalTaskSubmitter(self)
         self.actors = ActorTaskSubmitter(self)
         self.waiters: dict[int, Waiter] = {}
+        self.computing_waiters: list[Waiter] = []
         self.requests: dict[str, Waiter] = {}
         self.registrations: dict[str, Waiter] = {}
         self.pending_decrefs: list[str] = []
@@ -209,6 +212,8 @@ class CoreWorker:
         one pass over the objects of every blocking ``wait``: kept lean.)"""
         self.seq += 1
         waiter = Waiter(self.seq, tuple([i.object_id for i in infos]), need, fetch_local, on_done=on_done)
+        if fetch_local and on_done is None and self._watch_computing(waiter):
+            return waiter
         watched, pending, table = [], waiter.pending, self.refs.refs
         for info in infos:
             oid = info.object_id
@@ -232,6 +237,25 @@ class CoreWorker:
             self._resolve(ref, fetch_local)
         return waiter
 
+    def _watch_computing(self, waiter: Waiter) -> bool:
+        """The common wait, in set operations: each object is here already or is being computed for
+        this process (owned, not ready: nothing to ask anyone), so the waiter is registered once,
+        not on each object. False (nothing done) when that does not hold."""
+        wanted = set(waiter.ids)
+        if len(wanted) != len(waiter.ids):
+            return False
+        pending = wanted - self.refs.available
+        if not pending <= self.refs.computing:
+            return False
+        waiter.ready = len(wanted) - len(pending)
+        if waiter.ready >= waiter.need:
+            self._finish(waiter)
+            return True
+        waiter.waiting_for = pending
+        self.computing_waiters.append(waiter)
+        self.waiters[waiter.wid] = waiter
+        return True
+
     def _borrowed_entry(self, info: p.RefInfo) -> Reference:
         self.refs.add_local(info, register=False)
         ref = self.refs.get(info.object_id)
@@ -249,6 +273,7 @@ class CoreWorker:
                                                  locations=tuple(ref.locations)))
 
     def _object_changed(self, ref: Reference) -> None:
+        self.refs.note_state(ref)
         if ref.owned and ref.ready and ref.status_subscribers:
             subscribers, ref.status_subscribers = ref.status_subscribers, []
             for requester in subscribers:
@@ -261,12 +286,29 @@ class CoreWorker:
                     self._finish(waiter)
             elif ref.ready:
                 self._resolve(ref, fetch_local=True)
+        if self.computing_waiters and ref.ready:
+            self._computed(ref)
+
+    def _computed(self, ref: Reference) -> None:
+        """An object this process computed is ready: here (it counts), or elsewhere (pull it)."""
+        for waiter in list(self.computing_waiters):
+            if ref.object_id not in waiter.waiting_for:
+                continue
+            if ref.blob is None:
+                self._resolve(ref, fetch_local=True)
+                continue
+            waiter.waiting_for.discard(ref.object_id)
+            waiter.ready += 1
+            if waiter.ready >= waiter.need:
+                self._finish(waiter)
 
     def _finish(self, waiter: Waiter, timed_out: bool = False) -> None:
         if waiter.done:
             return
         waiter.done, waiter.timed_out = True, timed_out
         self.waiters.pop(waiter.wid, None)
+        if waiter.waiting_for is not None:
+            self.computing_waiters.remove(waiter)
         table = self.refs.refs
         for object_id in list(waiter.pending):
             ref = table.get(object_id)
@@ -589,3 +631,8 @@ class CoreWorker:
                 ref = self.refs.get(object_id)
                 assert ref is None or ref.owned, f"CW1: return {object_id} of a pending task not owned here"
         assert self.receiver.running >= 0 and self.blocked >= 0, "CW2: negative counters"
+        for waiter in self.computing_waiters:
+            for object_id in waiter.waiting_for:
+                ref = self.refs.get(object_id)
+                assert ref is not None and not (ref.ready and ref.blob is not None), \
+                    f"CW3: a waiter still waits for {object_id}, which is here"

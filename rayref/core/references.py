@@ -63,6 +63,10 @@ class ReferenceTable:
         self.node_id = node_id
         self.out = out
         self.refs: dict[str, Reference] = {}
+        self.available: set[str] = set()
+        """Ids whose value (or error) is in this process: ready, with its blob (RC4)."""
+        self.computing: set[str] = set()
+        """Ids this process owns and has not got yet (a task of its computes them, RC4)."""
         self.on_free = None
 
     def __contains__(self, object_id: str) -> bool:
@@ -74,7 +78,19 @@ class ReferenceTable:
     def own(self, object_id: str) -> Reference:
         ref = Reference(object_id, self.address, owned=True)
         self.refs[object_id] = ref
+        self.available.discard(object_id)
+        self.computing.add(object_id)
         return ref
+
+    def note_state(self, ref: Reference) -> None:
+        """Keep ``available`` and ``computing`` in step with ``ref``, whose value or location changed."""
+        object_id = ref.object_id
+        if ref.ready:
+            self.computing.discard(object_id)
+        if ref.ready and ref.blob is not None:
+            self.available.add(object_id)
+        else:
+            self.available.discard(object_id)
 
     def _entry(self, info: p.RefInfo) -> Reference:
         ref = self.refs.get(info.object_id)
@@ -153,6 +169,8 @@ class ReferenceTable:
         if ref.held() or ref.borrowers or ref.waiters:
             return
         del self.refs[ref.object_id]
+        self.available.discard(ref.object_id)
+        self.computing.discard(ref.object_id)
         if ref.owned:
             self._free(ref)
         elif ref.registered:
@@ -204,3 +222,9 @@ class ReferenceTable:
         for ref in self.refs.values():
             assert ref.local >= 0 and ref.submitted >= 0 and ref.contained_in >= 0, \
                 f"RC2: negative count on {ref.object_id}"
+            assert (ref.object_id in self.available) == (ref.ready and ref.blob is not None), \
+                f"RC4: 'available' is wrong about {ref.object_id}"
+            assert ref.object_id not in self.computing or (ref.owned and not ref.ready), \
+                f"RC4: 'computing' is wrong about {ref.object_id}"
+        assert self.available <= self.refs.keys() and self.computing <= self.refs.keys(), \
+            "RC4: an id the table no longer has is still marked available or computing"

@@ -596,9 +596,45 @@ def test_cw1_returns_of_pending_tasks_are_owned():
     cw.validate()
     entry = cw.refs.get("t1.r0")
     cw.refs.refs["t1.r0"] = dataclasses.replace(entry, owned=False, owner="someone-else")
+    cw.refs.computing.discard("t1.r0")  # as a borrowed entry would be (RC4 holds; only CW1 is broken)
     try:
         cw.validate()
     except AssertionError as error:
         assert "CW1" in str(error)
     else:
         raise AssertionError("validate() accepted a pending task whose return is not owned (CW1)")
+
+
+def test_rc4_available_and_computing_follow_the_references():
+    """RC4: a return is 'computing' until its reply, then 'available'; validate() catches a stale mark."""
+    cw = driver()
+    cw.submit_task(spec("t1"))
+    assert "t1.r0" in cw.refs.computing and "t1.r0" not in cw.refs.available
+    cw.refs.available.add("t1.r0")
+    try:
+        cw.validate()
+    except AssertionError as error:
+        assert "RC4" in str(error)
+    else:
+        raise AssertionError("validate() accepted an object marked available that is not here (RC4)")
+
+
+def test_wait_on_objects_being_computed_registers_once_and_wakes_on_the_first():
+    """RC4: a wait for returns this driver computes is one registration (not one per object); a
+    return stored elsewhere is pulled before it counts."""
+    cw = driver()
+    s1, s2, s3 = spec("t1", name="f"), spec("t2", name="g"), spec("t3", name="h")
+    for i, s in enumerate((s1, s2, s3), 1):
+        run_on_lease(cw, s, f"node-1.w{i}")
+    waiter = cw.begin_get([ref("t1.r0"), ref("t2.r0"), ref("t3.r0")], None, True, 1)
+    assert not waiter.done and cw.computing_waiters == [waiter]
+    assert all(not cw.refs.get(f"t{i}.r0").waiters for i in (1, 2, 3))
+    big = p.TaskReply(task_id="t3", worker_id="node-1.w3", returns=(
+        p.ReturnValue(object_id="t3.r0", node_id="node-3", nbytes=BIG),))
+    out = cw.handle(big, 0.1)
+    [(_, pull)] = sends_to(out, p.PullObject)
+    assert pull.object_id == "t3.r0" and not of_type(out, p.Wake), "a return elsewhere is fetched first"
+    out = cw.handle(reply(s2, "node-1.w2", value(b"two")), 0.2)
+    assert of_type(out, p.Wake) == [p.Wake(waiter=waiter)] and cw.computing_waiters == []
+    assert cw.ready_ids(waiter, 1) == ["t2.r0"]
+    cw.validate()
