@@ -108,6 +108,7 @@ class TaskReceiver:
         """Out-of-scope termination waits for every call received before it."""
         if self.terminating and not self.executions:
             self.terminating = False
+            self.cw.normal.return_idle()
             self.cw.send(p.CONTROL_PLANE, p.KillActor(actor_id=self.actor_id, no_restart=True,
                                                    reason="all handles to the actor went out of scope"))
 

@@ -154,6 +154,12 @@ class NormalTaskSubmitter:
         if lease is not None and lease.uses == uses and lease_id in self.keys[lease.key].idle:
             self._return(lease)
 
+    def return_idle(self) -> None:
+        """Give back every lease lingering idle: this process is about to end on purpose, and its
+        node kills the workers still leased to a process that died (P-ACT-7)."""
+        for lease in [self.leases[lease_id] for queue in self.keys.values() for lease_id in queue.idle]:
+            self._return(lease)
+
     def _return(self, lease: ActiveLease) -> None:
         self._drop(lease)
         self.cw.send(lease.node_id, p.ReturnWorkerLease(lease_id=lease.lease_id, worker_id=lease.worker_id))

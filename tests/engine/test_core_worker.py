@@ -638,3 +638,23 @@ def test_wait_on_objects_being_computed_registers_once_and_wakes_on_the_first():
     assert of_type(out, p.Wake) == [p.Wake(waiter=waiter)] and cw.computing_waiters == []
     assert cw.ready_ids(waiter, 1) == ["t2.r0"]
     cw.validate()
+
+
+def test_an_actor_ending_out_of_scope_first_gives_back_its_lingering_leases():
+    """P-ACT-7: the node kills workers still leased to a process that died, so an actor that ends
+    on purpose returns the leases it keeps idle (lease_linger) before asking to be killed."""
+    actor = CoreWorker("node-1.w5", "node-1", EngineConfig(lease_linger=0.01))
+    create = spec("a1.create", name="A", kind=p.TaskKind.ACTOR_CREATION, actor_id="a1", actor=p.ActorOptions(),
+                  owner=DRIVER)
+    actor.handle(p.PushTask(task_id=create.task_id, spec=create, reply_to=DRIVER), 0.0)
+    actor.handle(p.TaskExecuted(task_id=create.task_id, returns=(value(b""),)), 0.0)
+    inner = spec("t1", owner="node-1.w5")
+    request, _, _ = run_on_lease(actor, inner)
+    out = actor.handle(reply(inner, "node-1.w1", value(b"1")), 0.1)
+    assert sends(out, p.ReturnWorkerLease) == [], "the idle lease lingers"
+    terminate = spec("a1.end", name="__rayref_terminate__", kind=p.TaskKind.ACTOR_TASK, actor_id="a1",
+                     method="__rayref_terminate__", owner=DRIVER)
+    out = actor.handle(p.PushTask(task_id=terminate.task_id, spec=terminate, reply_to=DRIVER), 0.105)
+    kinds = [type(m) for m in sends(out) if isinstance(m, (p.ReturnWorkerLease, p.KillActor))]
+    assert kinds == [p.ReturnWorkerLease, p.KillActor]
+    assert sends(out, p.ReturnWorkerLease) == [p.ReturnWorkerLease(lease_id=request.lease_id, worker_id="node-1.w1")]
