@@ -134,7 +134,7 @@ def wait(object_refs, *, num_returns: int = 1, timeout: float | None = None, fet
     """(ready, not_ready): the first ``num_returns`` ready refs, both lists in input order."""
     refs = _check_refs(object_refs, "wait()")
     infos = [r._info for r in refs]
-    ids = [r._id for r in refs]
+    ids = tuple([r._id for r in refs])
     if len(set(ids)) != len(ids):
         raise ValueError("Wait requires a list of unique object refs; remove the duplicates.")
     if not isinstance(num_returns, int) or isinstance(num_returns, bool) or not 1 <= num_returns <= len(refs):
@@ -144,14 +144,29 @@ def wait(object_refs, *, num_returns: int = 1, timeout: float | None = None, fet
     if not refs:
         return [], []
     ctx = worker.current()
-    waiter = ctx.call(ctx.cw.begin_get, infos, timeout, fetch_local, num_returns)
+    waiter = ctx.call(ctx.cw.begin_get, infos, timeout, fetch_local, num_returns, ids)
     if not waiter.done:
         ctx.block(waiter)
-    ready_ids = set(ctx.call(ctx.cw.ready_ids, waiter, num_returns))
+    return _split(refs, ids, ctx.call(ctx.cw.ready_ids, waiter, num_returns))
+
+
+def _split(refs: list, ids: tuple, ready_ids: list) -> tuple[list, list]:
+    """(ready, not ready), both in input order; ``ready_ids`` are in input order. (Few ready of many
+    is the common case: found by index and sliced around, not tested one by one.)"""
     if len(ready_ids) == len(refs):
         return refs, []
-    ready = [ref for ref in refs if ref._id in ready_ids]
-    return ready, [ref for ref in refs if ref._id not in ready_ids]
+    if len(ready_ids) > 16:
+        ready_set = set(ready_ids)
+        return ([r for r, oid in zip(refs, ids) if oid in ready_set],
+                [r for r, oid in zip(refs, ids) if oid not in ready_set])
+    ready, not_ready, start = [], [], 0
+    for object_id in ready_ids:
+        at = ids.index(object_id, start)
+        ready.append(refs[at])
+        not_ready += refs[start:at]
+        start = at + 1
+    not_ready += refs[start:]
+    return ready, not_ready
 
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:

@@ -171,10 +171,11 @@ class CoreWorker:
         self._object_changed(ref)
 
     def begin_get(self, infos, timeout: float | None, fetch_local: bool = True,
-                  num_returns: int | None = None) -> Waiter:
+                  num_returns: int | None = None, ids: tuple[str, ...] | None = None) -> Waiter:
+        """Wait for ``num_returns`` of ``infos`` (all by default); ``ids``, their object ids if the caller has them."""
         self.release_dropped()
         need = len(infos) if num_returns is None else num_returns
-        waiter = self._watch(infos, need, fetch_local)
+        waiter = self._watch(infos, need, fetch_local, ids=ids)
         if not waiter.done:
             if timeout is not None and timeout <= 0:
                 self._finish(waiter, timed_out=True)
@@ -207,11 +208,12 @@ class CoreWorker:
     def _available(self, ref: Reference | None, fetch_local: bool) -> bool:
         return ref is not None and ref.ready and (not fetch_local or ref.blob is not None)
 
-    def _watch(self, infos, need: int, fetch_local: bool, on_done=None) -> Waiter:
+    def _watch(self, infos, need: int, fetch_local: bool, on_done=None, ids: tuple | None = None) -> Waiter:
         """A waiter for ``need`` of ``infos``, registered on each that is not yet available. (The
         one pass over the objects of every blocking ``wait``: kept lean.)"""
         self.seq += 1
-        waiter = Waiter(self.seq, tuple([i.object_id for i in infos]), need, fetch_local, on_done=on_done)
+        ids = tuple([i.object_id for i in infos]) if ids is None else ids
+        waiter = Waiter(self.seq, ids, need, fetch_local, on_done=on_done)
         if fetch_local and on_done is None and self._watch_computing(waiter):
             return waiter
         watched, pending, table = [], waiter.pending, self.refs.refs
