@@ -76,6 +76,7 @@ import io
 import itertools
 import logging
 import mmap
+import operator
 import os
 import pickle
 import socket
@@ -371,7 +372,7 @@ class _Encoding:
         placed = [self.place(buffer) for buffer in blob.buffers]
         buffers, specs = tuple(kept for kept, _ in placed), tuple(spec for _, spec in placed)
         if data_spec is blob.data and all(s is b for s, b in zip(specs, blob.buffers)):
-            return blob.__reduce_ex__(5)
+            return _reduce_message(blob)
         if data is not blob.data or any(k is not b for k, b in zip(buffers, blob.buffers)):
             object.__setattr__(blob, "data", data)  # the Blob stays in this process: it keeps what was made
             object.__setattr__(blob, "buffers", buffers)
@@ -435,11 +436,38 @@ _encoding = threading.local()
 
 def _reduce_blob(blob: p.Blob):
     encoding = getattr(_encoding, "current", None)
-    return blob.__reduce_ex__(5) if encoding is None else encoding.reduce_blob(blob)
+    return _reduce_message(blob) if encoding is None else encoding.reduce_blob(blob)
+
+
+def _fields_of(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+_MESSAGE_TYPES = tuple(t for t in vars(p).values()
+                       if isinstance(t, type) and dataclasses.is_dataclass(t)
+                       and getattr(t, "__module__", "") == p.__name__ and "__slots__" in vars(t))
+_FIELDS = {t: _fields_of(t) for t in _MESSAGE_TYPES}
+_GETTERS = {t: operator.attrgetter(*names) if len(names) > 1 else (lambda obj, n=names[0]: (getattr(obj, n),))
+            for t, names in _FIELDS.items() if names}
+
+
+def _reduce_message(message):
+    """A protocol dataclass as its class and field values (the default path asks ``dataclasses.fields``
+    for every object, which costs more than all the rest of an envelope's pickling)."""
+    kind = type(message)
+    return _rebuild_message, (kind, _GETTERS[kind](message))
+
+
+def _rebuild_message(kind, values):
+    message = object.__new__(kind)
+    for name, value in zip(_FIELDS[kind], values):
+        object.__setattr__(message, name, value)
+    return message
 
 
 class _Pickler(pickle.Pickler):
-    dispatch_table = {**copyreg.dispatch_table, p.Blob: _reduce_blob}
+    dispatch_table = {**copyreg.dispatch_table, **{t: _reduce_message for t in _GETTERS}, p.Blob: _reduce_blob}
+    """Blobs have their own reduction (shared memory, chunks); which falls back to ``_reduce_message``."""
 
 
 def dumps(envelope: tuple, chunked: list | None = None) -> bytes:
