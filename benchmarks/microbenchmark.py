@@ -459,16 +459,40 @@ def _child(args, backend: str, out_path: str) -> dict | None:
         return None
 
 
+def _merge(runs: list[dict]) -> dict | None:
+    """One run from several of one backend: each benchmark's trials pooled (a failure in any run shows)."""
+    runs = [run for run in runs if run is not None]
+    if not runs:
+        return None
+    merged = {**runs[0], "results": []}
+    for first in runs[0]["results"]:
+        rows = [r for run in runs for r in run["results"] if r["name"] == first["name"]]
+        failed = next((r for r in rows if r["error"]), None)
+        if failed is not None:
+            merged["results"].append(failed)
+            continue
+        trials = [t for r in rows for t in r["trials"]]
+        mean = sum(trials) / len(trials)
+        std = math.sqrt(sum((t - mean) ** 2 for t in trials) / len(trials))
+        merged["results"].append({**first, "mean": mean, "std": std, "trials": trials})
+    return merged
+
+
 def compare(args) -> int:
+    """Each backend ``--rounds`` times, in the order A B B A A B ... so that a drift of the machine's
+    speed over the minutes of a run weighs on both alike; trials are pooled per backend."""
     error = ray_import_error()
+    if error is not None:
+        print(f"\n(ray is not installed here: `import ray` failed with {error}; showing rayref only. "
+              f"`pip install ray` to compare.)", flush=True)
+    backends = ["rayref"] if error is not None else ["rayref", "ray"]
+    runs: dict[str, list] = {name: [] for name in backends}
     with tempfile.TemporaryDirectory() as tmp:
-        ours = _child(args, "rayref", os.path.join(tmp, "rayref.json"))
-        theirs = None
-        if error is None:
-            theirs = _child(args, "ray", os.path.join(tmp, "ray.json"))
-        else:
-            print(f"\n(ray is not installed here: `import ray` failed with {error}; showing rayref only. "
-                  f"`pip install ray` to compare.)", flush=True)
+        for round_no in range(args.rounds):
+            for name in (backends if round_no % 2 == 0 else backends[::-1]):
+                runs[name].append(_child(args, name, os.path.join(tmp, f"{name}-{round_no}.json")))
+    ours = _merge(runs["rayref"])
+    theirs = _merge(runs["ray"]) if "ray" in runs else None
     if ours is None:
         print("the rayref run produced no results", flush=True)
         return 1
@@ -505,6 +529,8 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="rayref's seed")
     parser.add_argument("--json-out", default=None, help="also write the results as JSON to this file")
     parser.add_argument("--child-timeout", type=float, default=600, help="seconds per backend under --compare")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="under --compare, run each backend this many times, alternating (A B B A ...)")
     parser.add_argument("--no-table", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failed benchmarks")
     args = parser.parse_args(argv)
@@ -517,10 +543,10 @@ def parse_args(argv=None):
             continue
         if token in ("--compare",):
             continue
-        if token in ("--backend", "--json-out"):
+        if token in ("--backend", "--json-out", "--rounds"):
             skip = True
             continue
-        if token.startswith(("--backend=", "--json-out=")):
+        if token.startswith(("--backend=", "--json-out=", "--rounds=")):
             continue
         passthrough.append(token)
     args.passthrough = passthrough
