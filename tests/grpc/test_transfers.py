@@ -58,6 +58,8 @@ def test_a_transfer_is_its_chunks_then_the_envelope_each_batch_at_most_a_chunk(m
     assert np.array_equal(value, _pattern(size)) and not value.flags.writeable
     assert shm.segment_of(value) is not None, "the receiving node's copy is a segment of its own"
     del value, transfer, received
+    eventually(lambda: shm.segment_names(str(tmp_path)) == [], timeout=3 * shm.GRACE,
+               what="the receiving node's copy unlinked once nothing maps it")
 
 
 def test_a_transfer_cut_short_is_a_clear_object_lost_error(monkeypatch, tmp_path):
@@ -66,9 +68,11 @@ def test_a_transfer_cut_short_is_a_clear_object_lost_error(monkeypatch, tmp_path
     first, _second, _third, envelope = wire.encode_for_node("nA", "nB", msg)
     monkeypatch.setattr(shm, "_node_id", "nB")
     shm.receive_chunk(wire.decode(first())[2])  # one chunk of three arrives, then the envelope
+    assert len(shm.segment_names(str(tmp_path))) == 1, "the first chunk went into the receiving node's segment"
     _, _, transfer = wire.decode(envelope)
     assert transfer.blob.is_error and transfer.blob.system_error[0] == "ObjectLostError"
     assert "cut short" in transfer.blob.system_error[1]
+    assert shm.segment_names(str(tmp_path)) == [], "what arrived of it is gone"
 
 
 @pytest.mark.parametrize("shared_memory", ["1", "0"])

@@ -564,6 +564,14 @@ class _Assembly:
         self.fd = None
         _unlink(self.path)
 
+    def discard(self) -> None:
+        """What arrived of a transfer that will not be whole: gone, segment and all."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+            _unlink(self.path)
+        self.memory = None
+
     def finish(self) -> memoryview:
         """The whole buffer, read-only; this node owns its segment (unlinked when its store drops it)."""
         if self.fd is None:
@@ -596,5 +604,7 @@ def _assembled(key: str, size: int):
     assembly = _assemblies.pop(key, None)
     if assembly is None or assembly.received != size:
         got = 0 if assembly is None else assembly.received
+        if assembly is not None:
+            assembly.discard()
         return f"its transfer from another node was cut short ({got} of {size} bytes arrived)"
     return assembly.finish()
