@@ -57,7 +57,7 @@ def test_a_transfer_is_its_chunks_then_the_envelope_each_batch_at_most_a_chunk(m
     value = serialization.deserialize(transfer.blob)
     assert np.array_equal(value, _pattern(size)) and not value.flags.writeable
     assert shm.segment_of(value) is not None, "the receiving node's copy is a segment of its own"
-    del value, transfer, received
+    del value, transfer, received, message
     eventually(lambda: shm.segment_names(str(tmp_path)) == [], timeout=3 * shm.GRACE,
                what="the receiving node's copy unlinked once nothing maps it")
 
