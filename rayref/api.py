@@ -133,9 +133,9 @@ def put(value) -> ObjectRef:
 def wait(object_refs, *, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True):
     """(ready, not_ready): the first ``num_returns`` ready refs, both lists in input order."""
     refs = _check_refs(object_refs, "wait()")
-    infos = [r._info for r in refs]
     ids = tuple([r._id for r in refs])
-    if len(set(ids)) != len(ids):
+    wanted = set(ids)
+    if len(wanted) != len(ids):
         raise ValueError("Wait requires a list of unique object refs; remove the duplicates.")
     if not isinstance(num_returns, int) or isinstance(num_returns, bool) or not 1 <= num_returns <= len(refs):
         if refs or num_returns != 1:
@@ -144,10 +144,26 @@ def wait(object_refs, *, num_returns: int = 1, timeout: float | None = None, fet
     if not refs:
         return [], []
     ctx = worker.current()
-    waiter = ctx.call(ctx.cw.begin_get, infos, timeout, fetch_local, num_returns, ids)
+    waiter = ctx.call(ctx.cw.begin_get, _InfosOf(refs), timeout, fetch_local, num_returns, ids, wanted)
     if not waiter.done:
         ctx.block(waiter)
     return _split(refs, ids, ctx.call(ctx.cw.ready_ids, waiter, num_returns))
+
+
+class _InfosOf:
+    """The RefInfos of ``refs``, made only if the engine goes through them (a wait on objects this
+    process computes needs their ids alone)."""
+
+    __slots__ = ("refs",)
+
+    def __init__(self, refs: list):
+        self.refs = refs
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __iter__(self):
+        return (r._info for r in self.refs)
 
 
 def _split(refs: list, ids: tuple, ready_ids: list) -> tuple[list, list]:

@@ -170,12 +170,13 @@ class CoreWorker:
         ref.ready = True
         self._object_changed(ref)
 
-    def begin_get(self, infos, timeout: float | None, fetch_local: bool = True,
-                  num_returns: int | None = None, ids: tuple[str, ...] | None = None) -> Waiter:
-        """Wait for ``num_returns`` of ``infos`` (all by default); ``ids``, their object ids if the caller has them."""
+    def begin_get(self, infos, timeout: float | None, fetch_local: bool = True, num_returns: int | None = None,
+                  ids: tuple[str, ...] | None = None, wanted: set[str] | None = None) -> Waiter:
+        """Wait for ``num_returns`` of ``infos`` (all by default). A caller that has them already
+        passes the objects' ``ids`` and, if they are distinct, their set ``wanted``."""
         self.release_dropped()
         need = len(infos) if num_returns is None else num_returns
-        waiter = self._watch(infos, need, fetch_local, ids=ids)
+        waiter = self._watch(infos, need, fetch_local, ids=ids, wanted=wanted)
         if not waiter.done:
             if timeout is not None and timeout <= 0:
                 self._finish(waiter, timed_out=True)
@@ -208,13 +209,14 @@ class CoreWorker:
     def _available(self, ref: Reference | None, fetch_local: bool) -> bool:
         return ref is not None and ref.ready and (not fetch_local or ref.blob is not None)
 
-    def _watch(self, infos, need: int, fetch_local: bool, on_done=None, ids: tuple | None = None) -> Waiter:
+    def _watch(self, infos, need: int, fetch_local: bool, on_done=None, ids: tuple | None = None,
+               wanted: set | None = None) -> Waiter:
         """A waiter for ``need`` of ``infos``, registered on each that is not yet available. (The
         one pass over the objects of every blocking ``wait``: kept lean.)"""
         self.seq += 1
         ids = tuple([i.object_id for i in infos]) if ids is None else ids
         waiter = Waiter(self.seq, ids, need, fetch_local, on_done=on_done)
-        if fetch_local and on_done is None and self._watch_computing(waiter):
+        if fetch_local and on_done is None and self._watch_computing(waiter, wanted):
             return waiter
         watched, pending, table = [], waiter.pending, self.refs.refs
         for info in infos:
@@ -239,11 +241,11 @@ class CoreWorker:
             self._resolve(ref, fetch_local)
         return waiter
 
-    def _watch_computing(self, waiter: Waiter) -> bool:
+    def _watch_computing(self, waiter: Waiter, wanted: set | None) -> bool:
         """The common wait, in set operations: each object is here already or is being computed for
         this process (owned, not ready: nothing to ask anyone), so the waiter is registered once,
         not on each object. False (nothing done) when that does not hold."""
-        wanted = set(waiter.ids)
+        wanted = set(waiter.ids) if wanted is None else wanted
         if len(wanted) != len(waiter.ids):
             return False
         pending = wanted - self.refs.available
