@@ -204,6 +204,29 @@ def test_a_connected_driver_that_exits_gives_back_its_workers(tmp_path):
                 what="the departed driver's CPU coming back")
 
 
+def test_a_connected_driver_that_shuts_down_gives_back_its_idle_workers_alive():
+    """P-ACT-7: a driver that shuts down returns the leases it keeps lingering first, so its node
+    does not kill those workers as leased to a departed process; the next driver reuses them."""
+    rayref.init(transport="grpc", num_cpus=1)
+    info = worker.transport().context_info()
+    script = textwrap.dedent(f"""
+        import os
+        import rayref
+        rayref.init(address={info['address']!r})
+        @rayref.remote
+        def pid():
+            return os.getpid()
+        print("worker", rayref.get(pid.remote()), flush=True)
+        rayref.shutdown()
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert "worker" in done.stdout, done.stderr
+    used = int(done.stdout.split("worker", 1)[1].split()[0])
+    _eventually(lambda: rayref.available_resources().get("CPU") == 1, timeout=20, what="the CPU given back")
+    time.sleep(0.3)  # a worker killed as leased to the departed driver would be gone by now
+    assert alive(used), "the departed driver's idle worker was killed"
+
+
 def test_sigkill_of_a_node_retries_its_tasks_and_restarts_its_actors(tmp_path):
     """F-8, RETRY1: SIGKILL of a node process: the head sees its stream end (NodeDied); the task that
     ran there is retried elsewhere, its actor restarts elsewhere, nodes() shows it dead, and none of

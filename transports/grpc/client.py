@@ -13,6 +13,7 @@ import atexit
 import os
 import secrets
 import threading
+import time
 
 import grpc
 
@@ -51,6 +52,8 @@ class GrpcTransport:
         if self.closed:
             return
         self.closed = True
+        if not self.owns_cluster:
+            _give_back_leases(self.host)
         _detach(self.host)
         if self.owns_cluster and self.session is not None:
             self.session.stop()
@@ -138,6 +141,19 @@ def _attach(head: dict, token: str, namespace: str, job_env) -> ProcessHost:
     if failure:
         raise failure[0]
     return host
+
+
+def _give_back_leases(host: ProcessHost, timeout: float = 1.0) -> None:
+    """Return the leases this driver keeps lingering, and wait (a little) until that is written:
+    the node kills the workers still leased to a driver that detached, and the next driver of
+    this cluster would have to start new ones."""
+    loop = getattr(host, "loop", None)
+    if loop is None or not loop.is_running() or host.detached.is_set():
+        return
+    host.call(host.cw.normal.return_idle)
+    deadline = time.monotonic() + timeout
+    while (host.pending or host.to_node.unwritten) and time.monotonic() < deadline and not host.detached.is_set():
+        time.sleep(0.001)
 
 
 def _detach(host: ProcessHost) -> None:
