@@ -10,7 +10,8 @@ grpcio's EventEngine client and listener cost about twice the CPU per message of
 I/O manager in Python on this kind of machine (a bare ``grpc.aio`` stream ping-pong on
 loopback: 366 against 199 µs a round trip, 242 against 139 µs of client CPU); turning those two
 experiments off halves the cost of every envelope. A value already in the environment is
-kept, and a process that imported ``grpc`` before this package keeps gRPC's defaults itself.
+kept, and a process that imported ``grpc`` before this package keeps gRPC's defaults itself. A
+grpcio that no longer knows these experiments logs "Unknown experiment" once and works as usual.
 """
 import os
 
