@@ -32,8 +32,20 @@ def _resolve_dependency(index: int):
     return _resolved.get()[index]
 
 
+_NO_ARGS: list = []
+
+
+def _no_args() -> p.Blob:
+    """The blob of a call without arguments, made once (a Blob never changes)."""
+    if not _NO_ARGS:
+        _NO_ARGS.append(serialization.serialize(((), {})))
+    return _NO_ARGS[0]
+
+
 def encode_args(ctx, name: str, args: tuple, kwargs: dict):
     """(args blob, dependencies, refs kept alive until submission) for a call of ``name``."""
+    if not args and not kwargs:
+        return _no_args(), (), []
     deps: list[p.RefInfo] = []
     keep: list[ObjectRef] = []
 

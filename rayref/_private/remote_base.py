@@ -28,6 +28,7 @@ class Remote:
         opt.validate(overrides, self.TABLE, self.WHAT)
         clone = type(self).__new__(type(self))
         clone.__dict__.update(self.__dict__)
+        clone.__dict__.pop("_fields", None)  # what followed from the old options
         clone._options = {**self._options, **overrides}
         return clone
 
