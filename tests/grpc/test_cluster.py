@@ -181,24 +181,25 @@ def test_gpus_detected_from_cuda_visible_devices_and_mapped(monkeypatch):
     assert all(ids == [int(visible)] for ids, visible in got)
 
 
+def _connected_driver(body: str) -> subprocess.CompletedProcess:
+    """Run ``body`` as another driver connected to this test's cluster (os, time and rayref imported)."""
+    address = worker.transport().context_info()["address"]
+    script = f"import os, time\nimport rayref\nrayref.init(address={address!r})\n" + textwrap.dedent(body)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+
+
 def test_a_connected_driver_that_exits_gives_back_its_workers(tmp_path):
     """LIFE2, G-OWNER-DEATH: the cluster frees what a departed driver held (its leases)."""
     rayref.init(transport="grpc", num_cpus=2)
-    info = worker.transport().context_info()
-    script = textwrap.dedent(f"""
-        import time
-        import rayref
-        rayref.init(address={info['address']!r})
+    done = _connected_driver("""
         @rayref.remote
         def hold():
             time.sleep(120)
         ref = hold.remote()
         rayref.wait([ref], timeout=1.0)
         print("holding", flush=True)
-        import os
         os._exit(0)
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert "holding" in done.stdout, done.stderr
     _eventually(lambda: rayref.available_resources().get("CPU") == 2, timeout=20,
                 what="the departed driver's CPU coming back")
@@ -208,18 +209,13 @@ def test_a_connected_driver_that_shuts_down_gives_back_its_idle_workers_alive():
     """P-ACT-7: a driver that shuts down returns the leases it keeps lingering first, so its node
     does not kill those workers as leased to a departed process; the next driver reuses them."""
     rayref.init(transport="grpc", num_cpus=1)
-    info = worker.transport().context_info()
-    script = textwrap.dedent(f"""
-        import os
-        import rayref
-        rayref.init(address={info['address']!r})
+    done = _connected_driver("""
         @rayref.remote
         def pid():
             return os.getpid()
         print("worker", rayref.get(pid.remote()), flush=True)
         rayref.shutdown()
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert "worker" in done.stdout, done.stderr
     used = int(done.stdout.split("worker", 1)[1].split()[0])
     _eventually(lambda: rayref.available_resources().get("CPU") == 1, timeout=20, what="the CPU given back")
