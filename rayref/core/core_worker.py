@@ -197,10 +197,9 @@ class CoreWorker:
 
     def ready_ids(self, waiter: Waiter, limit: int | None = None) -> list[str]:
         """The waiter's ready objects in its order, the first ``limit`` of them."""
-        ready, table, fetch_local = [], self.refs.refs, waiter.fetch_local
+        ready, table = [], self.refs.refs
         for oid in waiter.ids:
-            ref = table.get(oid)
-            if ref is not None and ref.ready and (not fetch_local or ref.blob is not None):
+            if self._available(table.get(oid), waiter.fetch_local):
                 ready.append(oid)
                 if len(ready) == limit:
                     break
@@ -222,7 +221,7 @@ class CoreWorker:
         for info in infos:
             oid = info.object_id
             ref = table.get(oid) or self._borrowed_entry(info)
-            if ref.ready and (not fetch_local or ref.blob is not None):
+            if self._available(ref, fetch_local):
                 waiter.ready += 1
                 if waiter.ready >= need:  # wait(): the rest need not be looked at
                     break
@@ -313,9 +312,8 @@ class CoreWorker:
         self.waiters.pop(waiter.wid, None)
         if waiter.waiting_for is not None:
             self.computing_waiters.remove(waiter)
-        table = self.refs.refs
         for object_id in list(waiter.pending):
-            ref = table.get(object_id)
+            ref = self.refs.get(object_id)
             if ref is not None:
                 self.refs.forget_waiter(ref, waiter)
         if waiter.blocked:
