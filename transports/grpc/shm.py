@@ -211,26 +211,41 @@ def _create(buffer) -> ShmMap | None:
         return _unavailable(error)
 
 
+def _new_file(directory: str) -> tuple[str, int]:
+    """(path, open descriptor) of a new file of ``directory``, named like a segment (OSError if it fails)."""
+    path = os.path.join(directory, f"{PREFIX}{_session_id}-{os.getpid()}-{next(_counter)}")
+    return path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+
+
+def _map_written(path: str, fd: int, size: int, kind: str) -> ShmMap:
+    """The read-only mapping of the ``size`` bytes written to ``fd`` (closed here), registered by name."""
+    try:
+        segment = ShmMap(fd, size, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
+    segment.name, segment.kind, segment.path = os.path.basename(path), kind, path
+    _maps[segment.name] = segment
+    return segment
+
+
 def _write(buffer, directory: str, kind: str) -> ShmMap:
     """Copy ``buffer`` into a new file of ``directory`` and map it read-only (OSError if that fails)."""
     view = _flat(buffer)
     size = view.nbytes
-    name = f"{PREFIX}{_session_id}-{os.getpid()}-{next(_counter)}"
-    path = os.path.join(directory, name)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    path, fd = _new_file(directory)
     try:
         done = 0
         while done < size:
             done += os.write(fd, view[done:])
-        segment = ShmMap(fd, size, access=mmap.ACCESS_READ)
+    except OSError:
+        os.close(fd)
+        _unlink(path)
+        raise
+    try:
+        return _map_written(path, fd, size, kind)
     except OSError:
         _unlink(path)
         raise
-    finally:
-        os.close(fd)
-    segment.name, segment.kind, segment.path = name, kind, path
-    _maps[name] = segment
-    return segment
 
 
 def _unavailable(error: OSError) -> None:
@@ -269,6 +284,13 @@ def _attach(kind: str, path: str, size: int, handoff: bool, host: str):
     if handoff:
         _own(segment)
     return memoryview(segment)
+
+
+def _keep(segment: ShmMap) -> None:
+    """This process owns ``segment`` and is about to send its descriptor (it unlinks it, ``GRACE`` after)."""
+    _own(segment)
+    with _lock:
+        _owned[segment.path] = time.monotonic()
 
 
 def _own(segment: ShmMap) -> None:
@@ -413,9 +435,7 @@ class _Encoding:
         if segment is None:
             return None
         if not handoff:
-            _own(segment)
-            with _lock:
-                _owned[segment.path] = time.monotonic()
+            _keep(segment)
         return memoryview(segment), ("shm", segment.path, len(segment), handoff, _host)
 
 
@@ -533,10 +553,8 @@ class _Assembly:
         self.fd = None
         self.memory = None
         if enabled():
-            self.name = f"{PREFIX}{_session_id}-{os.getpid()}-{next(_counter)}"
-            self.path = os.path.join(SHM_DIR, self.name)
             try:
-                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                self.path, self.fd = _new_file(SHM_DIR)
             except OSError as error:
                 _unavailable(error)
         if self.fd is None:
@@ -576,15 +594,9 @@ class _Assembly:
         """The whole buffer, read-only; this node owns its segment (unlinked when its store drops it)."""
         if self.fd is None:
             return memoryview(self.memory).toreadonly()
-        try:
-            segment = ShmMap(self.fd, self.size, access=mmap.ACCESS_READ)
-        finally:
-            os.close(self.fd)
-        segment.name, segment.kind, segment.path = self.name, "shm", self.path
-        _maps[self.name] = segment
-        _own(segment)
-        with _lock:
-            _owned[segment.path] = time.monotonic()
+        segment = _map_written(self.path, self.fd, self.size, "shm")
+        self.fd = None
+        _keep(segment)
         return memoryview(segment)
 
 
