@@ -13,7 +13,6 @@ import atexit
 import os
 import secrets
 import threading
-import time
 
 import grpc
 
@@ -151,9 +150,7 @@ def _give_back_leases(host: ProcessHost, timeout: float = 1.0) -> None:
     if loop is None or not loop.is_running() or host.detached.is_set():
         return
     host.call(host.cw.normal.return_idle)
-    deadline = time.monotonic() + timeout
-    while (host.pending or host.to_node.unwritten) and time.monotonic() < deadline and not host.detached.is_set():
-        time.sleep(0.001)
+    host.wait_written(timeout)
 
 
 def _detach(host: ProcessHost) -> None:

@@ -201,6 +201,13 @@ class ProcessHost:
             await asyncio.sleep(0)
             await channel.close()
 
+    def wait_written(self, timeout: float) -> None:
+        """Block (not on the loop thread) until what this process sent its node has been written,
+        at most ``timeout`` seconds, or until it detached."""
+        deadline = time.monotonic() + timeout
+        while (self.pending or self.to_node.unwritten) and time.monotonic() < deadline and not self.detached.is_set():
+            time.sleep(0.001)
+
     # ------------------------------------------------------------------ ProcessContext
 
     def call(self, fn, *args):
