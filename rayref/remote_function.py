@@ -32,7 +32,7 @@ class RemoteFunction(Remote):
     def _spec_fields(self) -> dict:
         """The spec's fields that follow from the options alone, worked out once (options never change:
         ``.options()`` makes a new object)."""
-        fields = self.__dict__.get("_fields")
+        fields = self._fields
         if fields is None:
             o = self._options
             retry = o.get("retry_exceptions", False)

@@ -19,6 +19,8 @@ class Remote:
         self._options = opt.validate(dict(options), self.TABLE, self.WHAT)
         self._name = getattr(target, "__qualname__", getattr(target, "__name__", "remote"))
         self._pickled: tuple[str, bytes] | None = None
+        self._fields: dict | None = None
+        """What a subclass works out from the options alone, once (``.options()`` starts it anew)."""
         self.__doc__ = target.__doc__
         self.__name__ = getattr(target, "__name__", self._name)
         self.__wrapped__ = target
@@ -28,8 +30,8 @@ class Remote:
         opt.validate(overrides, self.TABLE, self.WHAT)
         clone = type(self).__new__(type(self))
         clone.__dict__.update(self.__dict__)
-        clone.__dict__.pop("_fields", None)  # what followed from the old options
         clone._options = {**self._options, **overrides}
+        clone._fields = None
         return clone
 
     def _pickle(self) -> tuple[str, bytes]:
