@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from rayref.core import protocol as p
 from rayref.core.config import EngineConfig
 from rayref.core.core_worker import CoreWorker
@@ -597,12 +599,8 @@ def test_cw1_returns_of_pending_tasks_are_owned():
     entry = cw.refs.get("t1.r0")
     cw.refs.refs["t1.r0"] = dataclasses.replace(entry, owned=False, owner="someone-else")
     cw.refs.computing.discard("t1.r0")  # as a borrowed entry would be (RC4 holds; only CW1 is broken)
-    try:
+    with pytest.raises(AssertionError, match="CW1"):
         cw.validate()
-    except AssertionError as error:
-        assert "CW1" in str(error)
-    else:
-        raise AssertionError("validate() accepted a pending task whose return is not owned (CW1)")
 
 
 def test_rc4_available_and_computing_follow_the_references():
@@ -611,12 +609,8 @@ def test_rc4_available_and_computing_follow_the_references():
     cw.submit_task(spec("t1"))
     assert "t1.r0" in cw.refs.computing and "t1.r0" not in cw.refs.available
     cw.refs.available.add("t1.r0")
-    try:
+    with pytest.raises(AssertionError, match="RC4"):
         cw.validate()
-    except AssertionError as error:
-        assert "RC4" in str(error)
-    else:
-        raise AssertionError("validate() accepted an object marked available that is not here (RC4)")
 
 
 def test_wait_on_objects_being_computed_registers_once_and_wakes_on_the_first():
