@@ -50,3 +50,46 @@ def test_breakpoint_inside_a_task():
     """)
     out = _run("0", stdin="p secret\nc\n", script=script)
     assert "42" in out.split("result")[0] and "result 42" in out
+
+
+PLACED = textwrap.dedent("""
+    import rayref as ray
+    from sim import Cluster
+
+    cluster = Cluster(seed=5)
+    for _ in range(3):
+        cluster.add_node(num_cpus=2)
+    cluster.connect()
+
+    @ray.remote
+    def square(x):
+        return x * x
+
+    @ray.remote
+    class Counter:
+        def __init__(self):
+            self.n = 0
+
+        def add(self, k):
+            self.n += k
+            return self.n
+
+    counter = Counter.remote()
+    print(ray.get([square.remote(i) for i in range(20)]), ray.get([counter.add.remote(i) for i in range(5)]))
+    print("digest", cluster.trace_digest(), "t=%.9f" % cluster.now)
+""")
+
+
+def test_same_script_at_two_paths_same_digest(tmp_path):
+    """DET1: a script's functions are pickled by value with their file's path; where the script
+    lives must not change the virtual times or the digest."""
+    outputs = []
+    for folder in ("a", "a_folder_with_a_much_longer_name/and_deeper"):
+        script = tmp_path / folder / "placed.py"
+        script.parent.mkdir(parents=True)
+        script.write_text(PLACED)
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(p for p in sys.path if p)}
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout)
+    assert "digest" in outputs[0] and outputs[0] == outputs[1]

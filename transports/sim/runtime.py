@@ -76,7 +76,10 @@ def payload_bytes(msg: p.Message) -> int:
 
 
 def _spec_bytes(spec: p.TaskSpec) -> int:
-    return spec.args.nbytes + len(spec.function)
+    """A spec costs its arguments and the function's descriptor. Not the function's pickle: Ray
+    ships a definition once, through the GCS, not with every task; and a by-value pickle
+    carries its file's path, which would make virtual times depend on where a script lives."""
+    return spec.args.nbytes + len(spec.function_id)
 
 
 class SimRuntime:
