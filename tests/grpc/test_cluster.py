@@ -1,4 +1,5 @@
 """The gRPC transport as real processes: CLI, several nodes on loopback, token, kills, leaks."""
+import json
 import os
 import signal
 import subprocess
@@ -49,6 +50,101 @@ def test_cli_start_status_stop():
         leftover = Session.latest()
         if leftover is not None:
             leftover.stop()
+
+
+OTHER_MACHINE_DRIVER = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import rayref
+    from rayref.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    rayref.init(address=sys.argv[1])
+    here = rayref.get_runtime_context().get_node_id()
+    head = next(n["NodeID"] for n in rayref.nodes() if n["IsHead"])
+
+    @rayref.remote
+    def where():
+        return rayref.get_runtime_context().get_node_id()
+
+    @rayref.remote
+    def total(array):
+        return float(array.sum()), rayref.get_runtime_context().get_node_id()
+
+    @rayref.remote(resources={"far": 1})
+    class Counter:
+        def __init__(self):
+            self.n = 0
+
+        def add(self, array):
+            self.n += int(array.size)
+            return self.n
+
+    far = where.options(resources={"far": 1}).remote()
+    on_head = total.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False))
+    big = rayref.put(np.ones(3_000_000))
+    counter = Counter.remote()
+    print(json.dumps({"driver": here, "head": head, "far": rayref.get(far),
+                      "sum": rayref.get(on_head.remote(big)), "nodes": len(rayref.nodes()),
+                      "counted": rayref.get([counter.add.remote(big) for _ in range(2)])}))
+""")
+
+
+def _cli_as(env, *args):
+    return subprocess.run([sys.executable, "-m", "rayref.scripts", *args], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+def test_a_node_and_a_driver_on_another_machine_join_with_the_token(tmp_path, monkeypatch):
+    """W-9, AUTH1: another machine (here: another session root, so nothing of the head's session is
+    at hand) joins with the token in RAYREF_TOKEN: `rayref start --address` there starts a node; a
+    driver there attaches to that node, its tasks run on both machines and its objects move
+    between them; `rayref stop` there stops only what runs there. Without the token, or with a
+    wrong one, joining is refused with a clear error and starts nothing. A driver with the token
+    and no session at all attaches to the node at the address it was given."""
+    from transports.grpc.session import Session
+    here_root = os.environ["RAYREF_SESSION_ROOT"]
+    other = {**os.environ, "RAYREF_SESSION_ROOT": str(tmp_path / "other-machine")}
+
+    def latest_at(root):
+        monkeypatch.setenv("RAYREF_SESSION_ROOT", root)
+        try:
+            return Session.latest()
+        finally:
+            monkeypatch.setenv("RAYREF_SESSION_ROOT", here_root)
+
+    try:
+        address = _cli("start", "--head", "--num-cpus", "1").split("head node at ")[1].split(" ")[0]
+        head_session = Session.latest()
+        missing = _cli_as(other, "start", f"--address={address}")
+        assert missing.returncode == 1 and "set RAYREF_TOKEN" in missing.stderr
+        wrong = _cli_as({**other, "RAYREF_TOKEN": "0" * 64}, "start", f"--address={address}")
+        assert wrong.returncode == 1 and "refused this token" in wrong.stderr
+        assert latest_at(other["RAYREF_SESSION_ROOT"]) is None
+        other["RAYREF_TOKEN"] = head_session.token
+        joined = _cli_as(other, "start", f"--address={address}", "--num-cpus", "1", "--resources", '{"far": 1}')
+        assert joined.returncode == 0 and "joined" in joined.stdout, joined.stderr
+        far_session = latest_at(other["RAYREF_SESSION_ROOT"])
+        assert far_session.head()["endpoint"] == address and far_session.path != head_session.path
+        for where, env in (("auto", other), (address, {**other, "RAYREF_SESSION_ROOT": str(tmp_path / "third")})):
+            done = subprocess.run([sys.executable, "-c", OTHER_MACHINE_DRIVER, where], capture_output=True,
+                                  text=True, timeout=60, env=env)
+            assert done.returncode == 0, done.stderr
+            seen = json.loads(done.stdout.strip().splitlines()[-1])
+            assert seen["far"] != seen["head"] and seen["nodes"] == 2
+            # with the joined session, the driver attaches to its machine's node; with none, to the address
+            assert seen["driver"] == (seen["far"] if where == "auto" else seen["head"])
+            assert seen["sum"] == [3_000_000.0, seen["head"]] and seen["counted"] == [3_000_000, 6_000_000]
+        assert "2 node(s)" in _cli_as(other, "status").stdout
+        assert "Stopped" in _cli_as(other, "stop").stdout
+        assert processes_of(far_session.path) == [] and not os.path.exists(far_session.path)
+        assert processes_of(head_session.path)
+        _eventually(lambda: "node  127.0.0.1" in _cli("status") and "dead" in _cli("status"),
+                    what="the head seeing the other machine's node dead")
+    finally:
+        for root in (other["RAYREF_SESSION_ROOT"], here_root):
+            leftover = latest_at(root)
+            if leftover is not None:
+                leftover.stop()
 
 
 def test_three_nodes_on_loopback():
@@ -127,8 +223,8 @@ def test_shutdown_leaves_no_process_or_port():
     rayref.shutdown()
     assert processes_of(info["session"]) == [] and not os.path.exists(info["session"])
     with pytest.raises(ConnectionError, match="Could not reach"):
-        from transports.grpc.client import _check_reachable
-        _check_reachable(info["address"], timeout=1.0)
+        from transports.grpc.client import describe
+        describe(info["address"], "any token", timeout=1.0)
 
 
 def test_driver_killed_with_sigkill_leaves_nothing(tmp_path):

@@ -3,13 +3,15 @@
 ``start_local`` makes a new session (see ``session``), starts its head node and attaches this
 process as a driver; ``shutdown`` then stops the whole cluster. ``connect`` attaches to a
 running cluster (``address="auto"``: the newest session on this machine; ``"HOST:PORT"``: the
-session whose head serves there, or the token in ``RAYREF_TOKEN``); ``shutdown`` then only
-detaches.
+session whose head serves there; either way this process attaches to that session's node on
+this machine; with no such session, the node at ``HOST:PORT`` itself, given its token in
+``RAYREF_TOKEN``); ``shutdown`` then only detaches.
 """
 from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import os
 import secrets
 import threading
@@ -78,30 +80,40 @@ def start_local(*, num_cpus=None, num_gpus=None, resources=None, object_store_me
 
 
 def connect(address: str, *, namespace="", job_env=None) -> GrpcTransport:
+    """Attach to the session's node on this machine; with no session here for ``address`` but
+    ``RAYREF_TOKEN`` set, to the node serving at ``address`` (a cluster started elsewhere)."""
     session = Session.latest() if address == "auto" else Session.for_address(address)
     if session is not None:
-        head, token = session.head(), session.token
+        endpoint, token = session.local_node()["endpoint"], session.token
     elif address != "auto" and os.environ.get("RAYREF_TOKEN"):
-        head, token = {"endpoint": address, "node_id": ""}, os.environ["RAYREF_TOKEN"]
+        endpoint, token = address, os.environ["RAYREF_TOKEN"]
     else:
         where = "on this machine" if address == "auto" else f"at {address}"
         raise ConnectionError(f"No rayref cluster found {where}. Start one with `rayref start --head`, or pass "
                               f"the address it printed; for a cluster started elsewhere set RAYREF_TOKEN to its "
                               f"token.")
-    _check_reachable(head["endpoint"])
-    if not head["node_id"]:
-        raise ConnectionError(f"Connecting to {address} without its session on this machine is not supported yet.")
-    return GrpcTransport(_attach(head, token, namespace, job_env), session, owns_cluster=False)
+    node = describe(endpoint, token)
+    return GrpcTransport(_attach(node, token, namespace, job_env), session, owns_cluster=False)
 
 
-def _check_reachable(endpoint: str, timeout: float = 5.0) -> None:
-    async def probe() -> None:
+def describe(endpoint: str, token: str, timeout: float = 5.0) -> dict:
+    """What the node at ``endpoint`` says of itself (``node_id``, ``endpoint``, ``head_id``,
+    ``head_endpoint``); a clear ConnectionError if it cannot be reached or refuses ``token``."""
+    async def ask() -> bytes:
         async with wire.channel(endpoint) as channel:
             await asyncio.wait_for(channel.channel_ready(), timeout)
+            info = channel.unary_unary(wire.INFO, request_serializer=wire.identity,
+                                       response_deserializer=wire.identity)
+            return await info(b"", metadata=wire.metadata(token), timeout=timeout)
 
     try:
-        asyncio.run(probe())
-    except (asyncio.TimeoutError, grpc.aio.AioRpcError, OSError) as error:
+        return json.loads(asyncio.run(ask()))
+    except grpc.aio.AioRpcError as error:
+        if error.code() is grpc.StatusCode.UNAUTHENTICATED:
+            raise ConnectionError(f"The rayref node at {endpoint} refused this token: {error.details()}") from None
+        raise ConnectionError(f"Could not reach a rayref cluster at {endpoint} ({error.code().name}: "
+                              f"{error.details()}).") from None
+    except (asyncio.TimeoutError, OSError) as error:
         raise ConnectionError(f"Could not reach a rayref cluster at {endpoint} within {timeout} s "
                               f"({type(error).__name__}). Is it running? `rayref status` shows the local one.") from None
 

@@ -74,12 +74,15 @@ class ProcessHost:
         self.to_node = wire.Outbox(self._flush)
         self.to_node.put(wire.encode(self.address, "", "attach"))
         self.channel = wire.channel(self.endpoint)
+        info = self.channel.unary_unary(wire.INFO, request_serializer=wire.identity, response_deserializer=wire.identity)
         call = self.channel.stream_stream(wire.ATTACH, request_serializer=wire.identity,
                                           response_deserializer=wire.identity)
-        self.stream = call(self.to_node.batches(), metadata=wire.metadata(self.token))
         try:
+            await info(b"", metadata=wire.metadata(self.token))  # a refused stream can lose its reason in a race
+            self.stream = call(self.to_node.batches(), metadata=wire.metadata(self.token))
             await self.stream.read()
         except grpc.aio.AioRpcError as error:
+            self.to_node.close()
             await self.server.stop(0)
             raise ConnectionError(f"The rayref node at {self.endpoint} refused this process: "
                                   f"{error.details() or error.code().name}") from None

@@ -76,6 +76,8 @@ class NodeServer:
                 self.attach, request_deserializer=wire.identity, response_serializer=wire.identity),
             "Send": grpc.stream_unary_rpc_method_handler(
                 self.receive, request_deserializer=wire.identity, response_serializer=wire.identity),
+            "Info": grpc.unary_unary_rpc_method_handler(
+                self.info, request_deserializer=wire.identity, response_serializer=wire.identity),
         }),))
         port = server.add_insecure_port(f"{self.host}:{port}")
         await server.start()
@@ -209,6 +211,12 @@ class NodeServer:
             self.peers.pop(node_id, None)
 
     # ------------------------------------------------------------------ the gRPC methods
+
+    async def info(self, request: bytes, context) -> bytes:
+        if not wire.authorized(context, self.token):
+            return b""
+        return json.dumps({"node_id": self.node_id, "endpoint": self.endpoint,
+                           "head_id": self.head_id, "head_endpoint": self.head_endpoint}).encode()
 
     async def receive(self, request_iterator, context):
         if not wire.authorized(context, self.token):

@@ -5,6 +5,8 @@ like Ray 2.60's token auth), one announce file per node process (its node id, en
 pid) and nothing else. ``session_latest`` there points at the newest session, which is
 what ``address="auto"`` and ``rayref stop`` use. Every node process is the leader of its own
 process group, with its workers inside it, so stopping a session is killing those groups.
+A machine that joins a cluster whose head runs elsewhere has a *joined* session (``join``): the
+token, and a head announce with pid 0.
 """
 from __future__ import annotations
 
@@ -38,12 +40,22 @@ class Session:
         self.path = path
 
     @classmethod
-    def create(cls) -> Session:
+    def create(cls, token: str | None = None) -> Session:
+        """A new session directory holding ``token`` (default: a new one)."""
         os.makedirs(root(), mode=0o700, exist_ok=True)
         session = cls(tempfile.mkdtemp(prefix="session_", dir=root()))
         fd = os.open(os.path.join(session.path, "token"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
+            f.write(token or secrets.token_hex(32))
+        return session
+
+    @classmethod
+    def join(cls, head: dict, token: str) -> Session:
+        """A session on this machine for a cluster whose head runs elsewhere (``head``: its
+        ``node_id`` and ``endpoint``): the token, and a head announce without a process."""
+        session = cls.create(token)
+        with open(os.path.join(session.path, "head.json"), "w") as f:
+            json.dump({"node_id": head["node_id"], "endpoint": head["endpoint"], "pid": 0}, f)
         return session
 
     @classmethod
@@ -70,6 +82,16 @@ class Session:
     def head(self) -> dict:
         with open(os.path.join(self.path, "head.json")) as f:
             return json.load(f)
+
+    def local_node(self) -> dict:
+        """The node a process of this machine attaches to: the head if it runs here, else the first
+        node started here."""
+        local = [node for node in self.nodes() if node["pid"]]
+        if not local:
+            raise ConnectionError(f"No node of the rayref cluster of {self.path} runs on this machine any more; "
+                                  f"`rayref stop`, then `rayref start --address=...` again.")
+        head = self.head()
+        return head if head["pid"] else local[0]
 
     def mark_latest(self) -> None:
         link = latest_link() + f".{os.getpid()}"
@@ -130,13 +152,14 @@ class Session:
 
     def stop(self) -> None:
         """Kill every node process of the session (and so its workers); remove the directory."""
-        for node in self.nodes():
+        local = [node for node in self.nodes() if node["pid"]]  # a joined session's head runs elsewhere
+        for node in local:
             try:
                 os.killpg(node["pid"], signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
         deadline = real_monotonic() + 5
-        for node in self.nodes():
+        for node in local:
             while _alive(node["pid"]) and real_monotonic() < deadline:
                 real_sleep(0.01)
         if os.path.realpath(latest_link()) == os.path.realpath(self.path):

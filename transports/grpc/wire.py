@@ -6,10 +6,12 @@ memory and the envelope names the segment (``shm``); unpickling maps it back. Pi
 code, so every call carries the cluster's token in its metadata and a process that does not
 present it is refused before anything is unpickled.
 
-Two methods on one generic gRPC service, no generated code:
+Three methods on one generic gRPC service, no generated code:
 
 ``Attach``  a local process (worker or driver) opens one bidirectional stream to its node;
             its first envelope names it; then each side streams envelopes for the other.
+``Info``    one call: the node's id and endpoint and its head's, as JSON (how a node or driver
+            on another machine, holding only the token, learns whom it joins).
 ``Send``    a node streams envelopes to another node, and a process to another process of
             its node (client stream). Every process serves ``Send`` on a local socket whose
             name follows from its address (``local_endpoint``), so a driver's task goes
@@ -40,6 +42,7 @@ from transports.grpc import shm
 SERVICE = "rayref.Node"
 ATTACH = f"/{SERVICE}/Attach"
 SEND = f"/{SERVICE}/Send"
+INFO = f"/{SERVICE}/Info"
 TOKEN_KEY = "rayref-token"
 
 
