@@ -112,9 +112,11 @@ def test_a_node_and_a_driver_on_another_machine_join_with_the_token(tmp_path, mo
         finally:
             monkeypatch.setenv("RAYREF_SESSION_ROOT", here_root)
 
+    sessions = []
     try:
         address = _cli("start", "--head", "--num-cpus", "1").split("head node at ")[1].split(" ")[0]
         head_session = Session.latest()
+        sessions.append(head_session)
         missing = _cli_as(other, "start", f"--address={address}")
         assert missing.returncode == 1 and "set RAYREF_TOKEN" in missing.stderr
         wrong = _cli_as({**other, "RAYREF_TOKEN": "0" * 64}, "start", f"--address={address}")
@@ -124,6 +126,7 @@ def test_a_node_and_a_driver_on_another_machine_join_with_the_token(tmp_path, mo
         joined = _cli_as(other, "start", f"--address={address}", "--num-cpus", "1", "--resources", '{"far": 1}')
         assert joined.returncode == 0 and "joined" in joined.stdout, joined.stderr
         far_session = latest_at(other["RAYREF_SESSION_ROOT"])
+        sessions.append(far_session)
         assert far_session.head()["endpoint"] == address and far_session.path != head_session.path
         for where, env in (("auto", other), (address, {**other, "RAYREF_SESSION_ROOT": str(tmp_path / "third")})):
             done = subprocess.run([sys.executable, "-c", OTHER_MACHINE_DRIVER, where], capture_output=True,
@@ -141,10 +144,10 @@ def test_a_node_and_a_driver_on_another_machine_join_with_the_token(tmp_path, mo
         _eventually(lambda: "node  127.0.0.1" in _cli("status") and "dead" in _cli("status"),
                     what="the head seeing the other machine's node dead")
     finally:
-        for root in (other["RAYREF_SESSION_ROOT"], here_root):
-            leftover = latest_at(root)
-            if leftover is not None:
-                leftover.stop()
+        sessions += [latest_at(other["RAYREF_SESSION_ROOT"]), latest_at(here_root)]
+        for session in sessions:
+            if session is not None and os.path.exists(session.path):
+                session.stop()
 
 
 def test_three_nodes_on_loopback():
