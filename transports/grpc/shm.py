@@ -86,6 +86,7 @@ import weakref
 
 from rayref._private.serialization import is_deferred
 from rayref.core import protocol as p
+from rayref.core.resources import Resources
 
 log = logging.getLogger("rayref.shm")
 
@@ -390,6 +391,8 @@ class _Encoding:
         self.chunked = chunked if isinstance(msg, p.ObjectTransfer) and self.cross_node else None
 
     def reduce_blob(self, blob: p.Blob):
+        if not blob.buffers and type(blob.data) is bytes and len(blob.data) < THRESHOLD:
+            return _reduce_message(blob)  # the common small value: it travels as it is (what ``place`` says)
         data, data_spec = self.place(blob.data)
         placed = [self.place(buffer) for buffer in blob.buffers]
         buffers, specs = tuple(kept for kept, _ in placed), tuple(spec for _, spec in placed)
@@ -475,18 +478,50 @@ def _reduce_message(message):
     """A protocol dataclass as its class and field values (the default path asks ``dataclasses.fields``
     for every object: about a quarter of the cost of pickling an envelope)."""
     kind = type(message)
-    return _rebuild_message, (kind, _GETTERS[kind](message))
+    return _BUILDERS[kind], (_GETTERS[kind](message),)
 
 
-def _rebuild_message(kind, values):
-    message = object.__new__(kind)
-    for name, value in zip(_FIELDS[kind], values):
-        object.__setattr__(message, name, value)
-    return message
+def _builder(kind):
+    """``_build_<Class>(values) -> message``, setting each field in turn (a frozen dataclass refuses
+    ``setattr``): straight-line code made from the class's field names, a third faster than a
+    loop over them. A global of this module, so that a pickle names it."""
+    name = f"_build_{kind.__name__}"
+    lines = [f"    set(message, {field!r}, values[{i}])" for i, field in enumerate(_FIELDS[kind])]
+    source = f"def {name}(values):\n    message = new(kind)\n" + "\n".join(lines) + "\n    return message\n"
+    scope = {"new": object.__new__, "set": object.__setattr__, "kind": kind, "__name__": __name__}
+    exec(source, scope)  # noqa: S102 - source made above from the class's own field names
+    globals()[name] = scope[name]
+    return scope[name]
+
+
+_BUILDERS = {t: _builder(t) for t in _MESSAGE_TYPES}
+
+
+def _reduce_enum(member):
+    """An enum member as a lookup by name (unpickling by value goes through EnumType.__call__)."""
+    return getattr, (type(member), member.name)
+
+
+_RESOURCES: dict = {}
+
+
+def _reduce_resources(resources: Resources):
+    return _resources, (tuple(resources.items_raw()),)
+
+
+def _resources(items: tuple) -> Resources:
+    """The same amounts decode to one shared (immutable) Resources: tasks carry few distinct ones."""
+    found = _RESOURCES.get(items)
+    if found is None:
+        if len(_RESOURCES) >= 4096:
+            _RESOURCES.clear()
+        found = _RESOURCES[items] = Resources.from_raw(dict(items))
+    return found
 
 
 class _Pickler(pickle.Pickler):
-    dispatch_table = {**copyreg.dispatch_table, **{t: _reduce_message for t in _GETTERS}, p.Blob: _reduce_blob}
+    dispatch_table = {**copyreg.dispatch_table, **{t: _reduce_message for t in _GETTERS}, p.Blob: _reduce_blob,
+                      p.TaskKind: _reduce_enum, Resources: _reduce_resources}
     """Blobs have their own reduction (shared memory, chunks); which falls back to ``_reduce_message``."""
 
 
