@@ -369,3 +369,56 @@ def test_sigkill_of_a_node_retries_its_tasks_and_restarts_its_actors(tmp_path):
     _eventually(lambda: not any(alive(pid) for pid in [doomed["pid"], *on_doomed]), timeout=20,
                 what="the node's processes gone")
 
+
+
+def test_a_hung_node_is_found_dead_by_health_checks_and_stops_when_it_wakes(tmp_path, monkeypatch):
+    """F-8, W-12: a node that hangs with its connections open (SIGSTOP) fails the head's health
+    checks; it is declared dead, so its task is retried and its actor restarted elsewhere; when it
+    wakes up it hears it was declared dead and stops, with its workers."""
+    monkeypatch.setenv("RAYREF_HEALTH_CHECK_PERIOD_S", "0.2")
+    monkeypatch.setenv("RAYREF_HEALTH_CHECK_TIMEOUT_S", "0.5")
+    monkeypatch.setenv("RAYREF_HEALTH_CHECK_FAILURE_THRESHOLD", "3")
+    rayref.init(transport="grpc", num_cpus=2)
+    hung = worker.transport().add_node(num_cpus=2)
+    pinned = NodeAffinitySchedulingStrategy(hung["node_id"], soft=True)
+    marker = tmp_path / "started"
+
+    @rayref.remote(max_retries=1)
+    def slow(path):
+        here = rayref.get_runtime_context().get_node_id()
+        if not os.path.exists(path):
+            with open(path, "w") as f:
+                f.write(here)
+            time.sleep(60)
+        return here
+
+    @rayref.remote(max_restarts=1, max_task_retries=1)
+    class Where:
+        def node(self):
+            return rayref.get_runtime_context().get_node_id()
+
+    @rayref.remote
+    def where():
+        return rayref.get_runtime_context().get_node_id()
+
+    _eventually(lambda: rayref.get(where.options(scheduling_strategy=pinned).remote()) == hung["node_id"],
+                what="the new node in the head's view")
+    time.sleep(1.0)  # several health checks answered: a live node is not declared dead
+    assert [n["Alive"] for n in rayref.nodes() if n["NodeID"] == hung["node_id"]] == [True]
+    ref = slow.options(scheduling_strategy=pinned).remote(str(marker))
+    actor = Where.options(scheduling_strategy=pinned).remote()
+    assert rayref.get(actor.node.remote()) == hung["node_id"]
+    _eventually(lambda: marker.exists() and marker.read_text(), what="the task started")
+    on_hung = [pid for pid in processes_of(worker.transport().session.path) if hung["node_id"] in cmdline(pid)]
+    os.kill(hung["pid"], signal.SIGSTOP)
+    try:
+        head = rayref.get_runtime_context().get_node_id()
+        assert rayref.get(ref, timeout=30) == head
+        assert rayref.get(actor.node.remote(), timeout=30) == head
+        assert [n["Alive"] for n in rayref.nodes() if n["NodeID"] == hung["node_id"]] == [False]
+        assert alive(hung["pid"])  # still there, stopped: found dead by the checks, not by its exit
+    finally:
+        os.kill(hung["pid"], signal.SIGCONT)
+    _eventually(lambda: not any(alive(pid) for pid in [hung["pid"], *on_hung]), timeout=20,
+                what="the woken node and its workers stopping")
+    assert rayref.get(where.remote()) == head

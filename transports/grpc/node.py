@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from dataclasses import dataclass
 
 import grpc
 
@@ -38,6 +39,29 @@ from rayref.core.resources import Resources
 from transports.grpc import shm, wire
 
 log = logging.getLogger("rayref.node")
+
+
+DECLARED_DEAD = "declared dead"
+"""What the head sends a node it found dead by health checks: a node that hears it stops."""
+
+
+@dataclass(frozen=True)
+class HealthChecks:
+    """How the head checks that nodes live: Ray's defaults (``health_check_period_ms`` 3000,
+    ``health_check_timeout_ms`` 10000, ``health_check_failure_threshold`` 5), each overridden by
+    ``RAYREF_HEALTH_CHECK_PERIOD_S``, ``RAYREF_HEALTH_CHECK_TIMEOUT_S`` and
+    ``RAYREF_HEALTH_CHECK_FAILURE_THRESHOLD`` in the head's environment."""
+
+    period: float = 3.0
+    timeout: float = 10.0
+    threshold: int = 5
+
+    @classmethod
+    def from_env(cls) -> HealthChecks:
+        env = os.environ
+        return cls(period=float(env.get("RAYREF_HEALTH_CHECK_PERIOD_S", cls.period)),
+                   timeout=float(env.get("RAYREF_HEALTH_CHECK_TIMEOUT_S", cls.timeout)),
+                   threshold=int(env.get("RAYREF_HEALTH_CHECK_FAILURE_THRESHOLD", cls.threshold)))
 
 
 class NodeServer:
@@ -64,6 +88,8 @@ class NodeServer:
         self.endpoint = ""
         self.inbox: deque = deque()
         self.delivering = False
+        self.declared_dead: set[str] = set()
+        self.owner_gone = False
 
     # ------------------------------------------------------------------ start and stop
 
@@ -92,12 +118,14 @@ class NodeServer:
         self._announce()
         if self.owner_pid:
             asyncio.ensure_future(self._watch_owner())
+        if self.is_head:
+            asyncio.ensure_future(self._check_health(HealthChecks.from_env()))
         await self.stopped.wait()
         self.stop_workers()
         for outbox in [*self.attached.values(), *self.peers.values()]:
             outbox.close()  # calls end cleanly, here and at their other end, rather than being cancelled
         await server.stop(0.2)
-        if self.owner_pid:
+        if self.owner_gone:  # not a node that stops alone (declared dead): the others still need the session
             shm.cleanup(self.session)
             shutil.rmtree(self.session, ignore_errors=True)
 
@@ -107,9 +135,46 @@ class NodeServer:
             try:
                 os.kill(self.owner_pid, 0)
             except ProcessLookupError:
+                self.owner_gone = True
                 self.stopped.set()
                 return
             await asyncio.sleep(0.5)
+
+    async def _check_health(self, checks: HealthChecks) -> None:
+        """The head asks every live node's ``Info`` each period; a node that fails ``threshold``
+        checks in a row (no answer within ``timeout``) is dead: hung, or cut off with its connection
+        open (a connection that ends is noticed at once, ``_peer_gone``). It is told so, in case it
+        comes back; what it sends meanwhile is dropped."""
+        misses: dict[str, int] = {}
+        channels: dict[str, grpc.aio.Channel] = {}
+        while not self.stopped.is_set():
+            await asyncio.sleep(checks.period)
+            nodes = [n for n in self.cp.nodes.values() if n.alive and n.node_id != self.node_id]
+            for node in nodes:
+                if node.node_id not in channels:
+                    channels[node.node_id] = wire.channel(node.address)
+            answered = await asyncio.gather(*(self._answers(channels[n.node_id], checks.timeout) for n in nodes))
+            for node, ok in zip(nodes, answered):
+                misses[node.node_id] = 0 if ok else misses.get(node.node_id, 0) + 1
+                if misses[node.node_id] >= checks.threshold and not self.stopped.is_set():
+                    self._declare_dead(node.node_id, f"it did not answer {checks.threshold} health checks in a row "
+                                                     f"({checks.timeout:g} s each): the node is hung or cut off")
+            for node_id in [n for n in channels if not self.cp.nodes[n].alive]:
+                await channels.pop(node_id).close()
+
+    async def _answers(self, channel: grpc.aio.Channel, timeout: float) -> bool:
+        info = channel.unary_unary(wire.INFO, request_serializer=wire.identity, response_deserializer=wire.identity)
+        try:
+            await info(b"", metadata=wire.metadata(self.token), timeout=timeout)
+            return True
+        except grpc.aio.AioRpcError:
+            return False
+
+    def _declare_dead(self, node_id: str, reason: str) -> None:
+        log.warning("node %s is dead: %s", node_id, reason)
+        self.declared_dead.add(node_id)
+        self.deliver(p.CONTROL_PLANE, p.CONTROL_PLANE, p.NodeDied(node_id=node_id, reason=reason))
+        self.peer(node_id).put(wire.encode(self.node_id, node_id, DECLARED_DEAD))
 
     def _announce(self) -> None:
         path = os.path.join(self.session, self.announce)
@@ -278,8 +343,13 @@ class NodeServer:
         source = ""
         for src, to, msg in wire.unpack(data):
             source = self.node_of(src)
+            if source in self.declared_dead:
+                continue
             if type(msg) is shm.Chunk:
                 shm.receive_chunk(msg)
+            elif type(msg) is str and msg == DECLARED_DEAD:  # this node was hung or cut off, and the cluster has gone on without it
+                log.warning("the head declared this node dead; stopping it and its workers")
+                self.stopped.set()
             else:
                 self.route(src, to, msg)
         return source
