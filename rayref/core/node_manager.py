@@ -18,7 +18,8 @@ While a leased worker is blocked in ``get``/``wait`` its CPUs are lent back to t
 in Ray; when it unblocks it takes them back even if that overcommits the node for a while.
 
 When another node dies (``NodeDied``, from the control plane) this node marks it dead in its
-view, frees what its processes held here (their leases, as for ``ProcessDied``), moves pulls
+view, frees what its processes held here (their leases, and the primaries they owned, as for
+``ProcessDied``), moves pulls
 off it, and tells its own processes: its workers and the local processes that asked it for
 something (a driver is known from its first request; Ray's core workers register with their
 raylet at start).
@@ -397,12 +398,21 @@ class NodeManager:
     def _on_process_died(self, msg: p.ProcessDied) -> None:
         self.clients.pop(msg.address, None)
         self._release_leases_of(lambda requester: requester == msg.address)
+        self._free_owned_by(lambda owner: owner == msg.address)
+
+    def _free_owned_by(self, dead) -> None:
+        """Primaries whose owner died: no one is left to free them, and their readers get
+        ``OwnerDiedError`` anyway (Ray unpins them too)."""
+        orphans = self.store.owned_by(dead)
+        if orphans:
+            self._on_free_objects(p.FreeObjects(object_ids=tuple(orphans)))
 
     def _on_node_died(self, msg: p.NodeDied) -> None:
         """Another node is gone: it is dead in the view, its processes are dead, pulls move off it."""
         self.view = tuple(dataclasses.replace(n, alive=False) if n.node_id == msg.node_id else n for n in self.view)
         self.guesses.pop(msg.node_id, None)
         self._release_leases_of(lambda requester: requester.startswith(msg.node_id + "."))
+        self._free_owned_by(lambda owner: owner.startswith(msg.node_id + "."))
         for object_id in [o for o, pull in self.pulls.items() if self._fetching_from(pull, msg.node_id)]:
             self._fetch_next(object_id)
         local = [w for w, record in self.workers.items() if record.state != WorkerState.STARTING]

@@ -19,6 +19,10 @@ with it.
 Invariant OS1: ``used`` equals the bytes of the in-memory (unspilled) entries.
 Invariant OS2: ``used <= capacity`` after every operation.
 Invariant OS3: only pinned entries are spilled (secondary copies are evicted or not kept).
+Invariant OS5: ``owned`` lists exactly the primaries (pinned, with an owner), each under its owner.
+
+When a primary's owner dies (its process, or its node), nobody is left to free it, so the node
+manager frees it (``owned_by``), as Ray unpins the objects of a dead owner.
 """
 from __future__ import annotations
 
@@ -45,6 +49,8 @@ class ObjectStore:
         self.objects: dict[str, StoredObject] = {}
         self.clock = 0
         self.spilled_bytes = 0
+        self.owned: dict[str, dict[str, None]] = {}
+        """owner -> its primaries here, in arrival order (found when the owner dies)."""
 
     def __contains__(self, object_id: str) -> bool:
         return object_id in self.objects
@@ -61,7 +67,10 @@ class ObjectStore:
         """Keep ``blob``; the ids spilled to make room, in order (``object_id`` itself if it cannot fit)."""
         entry = self.objects.get(object_id)
         if entry is not None:
-            entry.pinned |= pinned
+            if pinned and not entry.pinned:  # a secondary copy becomes the primary
+                entry.pinned, entry.owner = True, owner
+                if owner:
+                    self.owned.setdefault(owner, {})[object_id] = None
             return []
         nbytes = blob.nbytes
         can_fit = nbytes <= self.capacity
@@ -72,6 +81,8 @@ class ObjectStore:
         spilled = self._spill_for(nbytes) if can_fit else []
         self.clock += 1
         self.objects[object_id] = StoredObject(blob, owner, pinned, last_use=self.clock)
+        if pinned and owner:
+            self.owned.setdefault(owner, {})[object_id] = None
         self.used += nbytes
         if self.used > self.capacity:
             self._spill(object_id)
@@ -82,6 +93,11 @@ class ObjectStore:
         entry = self.objects.pop(object_id, None)
         if entry is None:
             return None
+        owned = self.owned.get(entry.owner)
+        if owned is not None:
+            owned.pop(object_id, None)
+            if not owned:
+                del self.owned[entry.owner]
         if entry.spilled:
             self.spilled_bytes -= entry.blob.nbytes
         else:
@@ -93,6 +109,10 @@ class ObjectStore:
         entry = self.objects.get(object_id)
         if entry is not None and entry.spilled and blob.nbytes == entry.blob.nbytes:
             entry.blob = blob
+
+    def owned_by(self, dead) -> list[str]:
+        """The primaries here whose owner ``dead(owner)`` says has died, in arrival order per owner."""
+        return [object_id for owner, owned in self.owned.items() if dead(owner) for object_id in owned]
 
     def note_copy(self, object_id: str, node_id: str) -> None:
         entry = self.objects.get(object_id)
@@ -132,3 +152,6 @@ class ObjectStore:
         assert in_memory == self.used, "OS1: store accounting drifted"
         assert self.used <= self.capacity, "OS2: store over capacity"
         assert all(e.pinned for e in self.objects.values() if e.spilled), "OS3: a secondary copy was spilled"
+        assert all(self.objects[o].owner == owner for owner, owned in self.owned.items() for o in owned) and \
+            sum(map(len, self.owned.values())) == sum(e.pinned and bool(e.owner) for e in self.objects.values()), \
+            "OS5: the primaries by owner disagree with the store"

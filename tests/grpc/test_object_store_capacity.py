@@ -5,6 +5,8 @@ outgrow the store are spilled to files of the session (and read back), copies on
 go with their primary, and nothing outlives the cluster. OS1-OS3, P-OBJ-8, P-OBJ-9.
 """
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -142,3 +144,18 @@ def test_a_spilled_buffer_travels_as_a_disk_descriptor_and_a_full_disk_keeps_it_
         shm._session_id, shm._session_path = saved
         shm.cleanup(session_path)  # unlinks by name; this process's mappings go with the test's locals
         assert shm.segment_names(session_path) == [] == shm.spilled_names(session_path)
+
+
+def test_a_departed_drivers_objects_leave_shared_memory(session):
+    """P-ACT-7, LIFE2: a connected driver that puts a large object and exits (no shutdown) owned
+    it; with its owner gone the node frees it, so its segment leaves /dev/shm."""
+    address = worker.transport().context_info()["address"]
+    script = ("import os, numpy as np, rayref\n"
+              f"rayref.init(address={address!r})\n"
+              "ref = rayref.put(np.ones(4 * 1024 * 1024))\n"
+              "print('put', flush=True)\n"
+              "os._exit(0)\n")
+    before = _shm_bytes(session)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert "put" in done.stdout, done.stderr
+    eventually(_released(lambda: _shm_bytes(session) == before), 15, "the departed driver's object freed")

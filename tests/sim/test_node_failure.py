@@ -154,6 +154,36 @@ def test_borrowed_object_owned_on_a_killed_node_is_owner_died(make_cluster):
 
 
 @rayref.remote
+class Keeper:
+    """Owns a large return computed on OTHER, so its primary copy lives in OTHER's store."""
+
+    def keep(self) -> str:
+        self.ref = big_value.options(scheduling_strategy=on(OTHER, soft=False)).remote(7)
+        rayref.wait([self.ref], fetch_local=False)
+        return self.ref.hex()
+
+
+@pytest.mark.parametrize("death", ["node", "process"])
+def test_primaries_owned_by_a_dead_owner_are_freed_in_surviving_stores(make_cluster, death):
+    """NODE1, P-EVT-6, P-ACT-7: a primary copy whose owner died (its node killed, or the owner
+    process itself killed) is freed by the node that stores it: no one is left to free it, as
+    Ray unpins a dead owner's objects."""
+    cluster = three_nodes(make_cluster)
+    keeper = Keeper.options(scheduling_strategy=on(VICTIM, soft=False)).remote()
+    object_id = rayref.get(keeper.keep.remote())
+    other = cluster.runtime.node_managers[OTHER]
+    assert other.store.objects[object_id].owner.startswith(VICTIM + ".")
+    if death == "node":
+        cluster.kill_node(VICTIM)
+        time.sleep(DETECTION + 1)
+    else:
+        rayref.kill(keeper)
+        time.sleep(1)
+    assert object_id not in other.store and other.store.used == 0
+    cluster.validate()
+
+
+@rayref.remote
 def parent_of_a_pinned_child() -> None:
     rayref.get(child.options(scheduling_strategy=on(HEAD, soft=False)).remote())
 
