@@ -22,3 +22,6 @@ class EngineConfig:
     """Seconds a caller still accepts replies from an actor incarnation it heard has died."""
     lease_linger: float = 0.01
     """Seconds an idle worker lease is kept for the next task of its kind before it goes back."""
+    idle_worker_timeout: float = 1.0
+    """Seconds an idle worker beyond one per CPU waits before it is asked to exit (Ray's
+    ``idle_worker_killing_time_threshold_ms``)."""

@@ -100,6 +100,7 @@ class CoreWorker:
             p.TimerFired: self._on_timer,
             p.PeerUnreachable: self._on_unreachable,
             p.NodeDied: self._on_node_died,
+            p.ExitIfIdle: self._on_exit_if_idle,
         }
 
     # ------------------------------------------------------------------ plumbing
@@ -336,6 +337,14 @@ class CoreWorker:
             self.blocked += 1
             if self.blocked == 1:
                 self.send(self.node_id, p.WorkerBlocked(worker_id=self.address))
+
+    def _on_exit_if_idle(self, msg: p.ExitIfIdle) -> None:
+        """The node would shrink its pool: agree only if this worker holds nothing anyone may need
+        (an object it owns or borrows, a task it submitted, a lease, an execution, an actor), as
+        Ray's worker refuses to exit while it owns objects."""
+        holds_nothing = not (self.refs.refs or self.tasks or self.normal.leases or self.receiver.executions
+                             or self.receiver.actor_id)
+        self.send(self.node_id, p.ExitIfIdleReply(worker_id=self.address, exiting=holds_nothing))
 
     def _on_timer(self, msg: p.TimerFired) -> None:
         """A timer is keyed by what it is for: an actor's reply grace, a lingering lease, or a

@@ -29,6 +29,12 @@ NM1  available = total - allocations of granted and awaiting leases (blocked lea
 NM2  no lease was granted resources that were not available at the time (checked on grant).
 NM3  every LEASED worker belongs to exactly one GRANTED lease, and the reverse.
 NM4  the free capacity of the GPU instances equals the GPUs available.
+NM5  ``idle`` holds exactly the IDLE workers, each once.
+
+The pool keeps at most one idle worker per CPU for long: a worker idle for
+``EngineConfig.idle_worker_timeout`` beyond that is asked to exit (``ExitIfIdle``, state
+EXITING) and exits only if it holds nothing (``ExitIfIdleReply``), as Ray's workers refuse to
+exit while they own objects; one that stays is idle again.
 """
 from __future__ import annotations
 
@@ -60,6 +66,8 @@ class WorkerState(enum.Enum):
     STARTING = "starting"
     IDLE = "idle"
     LEASED = "leased"
+    EXITING = "exiting"
+    """Asked to exit (idle beyond the pool's size); its answer decides."""
 
 
 @dataclass(slots=True)
@@ -85,6 +93,7 @@ class WorkerRecord:
     worker_id: str
     state: WorkerState
     lease_id: str = ""
+    idle_since: float = 0.0
 
 
 @dataclass
@@ -114,6 +123,7 @@ class NodeManager:
     out: list = field(default_factory=list)
     now: float = 0.0
     report_armed: bool = False
+    reap_armed: bool = False
     worker_seq: int = 0
     starting: int = 0
 
@@ -127,6 +137,7 @@ class NodeManager:
             p.ReturnWorkerLease: self._on_return_lease,
             p.CancelLease: self._on_cancel_lease,
             p.WorkerRegistered: self._on_worker_registered,
+            p.ExitIfIdleReply: self._on_exit_if_idle_reply,
             p.WorkerExited: self._on_worker_exited,
             p.WorkerBlocked: self._on_worker_blocked,
             p.WorkerUnblocked: self._on_worker_unblocked,
@@ -342,8 +353,38 @@ class NodeManager:
         if self.awaiting_worker:
             self._grant(self.leases[self.awaiting_worker.popleft()], worker_id)
         else:
-            record.state = WorkerState.IDLE
+            record.state, record.idle_since = WorkerState.IDLE, self.now
             self.idle.append(worker_id)
+            self._arm_reaping()
+
+    def _pool_size(self) -> int:
+        return int(self.total.get("CPU"))
+
+    def _arm_reaping(self) -> None:
+        if len(self.idle) > self._pool_size() and not self.reap_armed:
+            self.reap_armed = True
+            self.out.append(p.StartTimer(key=("reap",), delay=self.config.idle_worker_timeout))
+
+    def _reap_idle(self) -> None:
+        """Ask the idle workers beyond the pool's size that have waited long enough to exit, oldest first."""
+        self.reap_armed = False
+        for worker_id in list(self.idle)[:len(self.idle) - self._pool_size()]:
+            record = self.workers[worker_id]
+            if self.now - record.idle_since >= self.config.idle_worker_timeout:
+                self.idle.remove(worker_id)
+                record.state = WorkerState.EXITING
+                self._send(worker_id, p.ExitIfIdle(worker_id=worker_id))
+        self._arm_reaping()
+
+    def _on_exit_if_idle_reply(self, msg: p.ExitIfIdleReply) -> None:
+        record = self.workers.get(msg.worker_id)
+        if record is None or record.state != WorkerState.EXITING:
+            return
+        if msg.exiting:
+            del self.workers[msg.worker_id]
+            self.out.append(p.KillWorker(worker_id=msg.worker_id, reason="idle beyond the pool's size"))
+        else:
+            self._worker_available(msg.worker_id)
 
     def _on_worker_exited(self, msg: p.WorkerExited) -> None:
         """A process of this node is gone (a worker, or a driver attached here)."""
@@ -357,6 +398,8 @@ class NodeManager:
                 self._start_worker()
         elif record.state == WorkerState.IDLE:
             self.idle.remove(msg.worker_id)
+        elif record.state == WorkerState.EXITING:
+            pass
         else:
             lease = self.leases.pop(record.lease_id)
             self._release(lease)
@@ -372,6 +415,9 @@ class NodeManager:
             self.out.append(p.StartTimer(key=("report",), delay=self.config.report_period))
 
     def _on_timer(self, msg: p.TimerFired) -> None:
+        if msg.key == ("reap",):
+            self._reap_idle()
+            return
         self.report_armed = False
         self._send(p.CONTROL_PLANE, p.ResourceReport(node_id=self.node_id, available=self.available))
 
@@ -553,4 +599,6 @@ class NodeManager:
         for lease_id, lease in self.leases.items():
             if lease.state == LeaseState.GRANTED:
                 assert self.workers[lease.worker_id].lease_id == lease_id, "NM3: lease without its worker"
+        idle = [w for w, record in self.workers.items() if record.state == WorkerState.IDLE]
+        assert sorted(idle) == sorted(self.idle) and len(set(self.idle)) == len(self.idle), "NM5: idle list drifted"
         self.store.validate()

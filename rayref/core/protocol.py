@@ -249,6 +249,21 @@ class WorkerRegistered(Message):
 
 
 @frozen
+class ExitIfIdle(Message):
+    """NM -> one of its idle workers, beyond the pool's size: exit if you hold nothing."""
+
+    worker_id: str
+
+
+@frozen
+class ExitIfIdleReply(Message):
+    """Worker -> NM: ``exiting`` if it holds nothing (no object, reference, task or actor), else stays."""
+
+    worker_id: str
+    exiting: bool
+
+
+@frozen
 class LeasedWorkerDied(Message):
     """Sent by a node manager to the holder of a lease whose worker exited."""
 

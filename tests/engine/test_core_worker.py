@@ -652,3 +652,16 @@ def test_an_actor_ending_out_of_scope_first_gives_back_its_lingering_leases():
     kinds = [type(m) for m in sends(out) if isinstance(m, (p.ReturnWorkerLease, p.KillActor))]
     assert kinds == [p.ReturnWorkerLease, p.KillActor]
     assert sends(out, p.ReturnWorkerLease) == [p.ReturnWorkerLease(lease_id=request.lease_id, worker_id="node-1.w1")]
+
+
+def test_an_idle_worker_agrees_to_exit_only_if_it_holds_nothing():
+    """P-LEASE-12: asked by its node (ExitIfIdle), a worker holding nothing agrees; one that owns an
+    object someone may still read (its ref held) refuses, as Ray's workers do."""
+    worker = CoreWorker("node-1.w2", "node-1", EngineConfig(), is_driver=False)
+    [answer] = sends(worker.handle(p.ExitIfIdle(worker_id="node-1.w2"), 1.0), p.ExitIfIdleReply, to="node-1")
+    assert answer == p.ExitIfIdleReply(worker_id="node-1.w2", exiting=True)
+    info = worker.put(value(b"kept")).value
+    hold(worker, info)
+    [answer] = sends(worker.handle(p.ExitIfIdle(worker_id="node-1.w2"), 2.0), p.ExitIfIdleReply, to="node-1")
+    assert answer.exiting is False
+    worker.validate()

@@ -305,6 +305,68 @@ def test_worker_blocked_lends_its_cpus_back_and_unblocked_takes_them_again():
     nm.validate()
 
 
+def _two_idle_workers_on_one_cpu():
+    """A 1-CPU node whose blocked lease made it start a second worker; both idle again at 0.4."""
+    nm = ready_nm(CPU=1)
+    [g1] = granted(nm.handle(lease_request("l1"), 0.0))
+    nm.handle(lease_request("l2"), 0.0)
+    [start] = of_type(nm.handle(p.WorkerBlocked(worker_id=g1.worker_id), 0.1), p.StartWorker)
+    [g2] = granted(nm.handle(p.WorkerRegistered(worker_id=start.worker_id, node_id="node-1"), 0.15))
+    nm.handle(p.WorkerUnblocked(worker_id=g1.worker_id), 0.2)
+    nm.handle(p.ReturnWorkerLease(lease_id="l1", worker_id=g1.worker_id), 0.3)
+    out = nm.handle(p.ReturnWorkerLease(lease_id="l2", worker_id=g2.worker_id), 0.4)
+    assert list(nm.idle) == [g1.worker_id, g2.worker_id]
+    nm.validate()
+    return nm, g1.worker_id, g2.worker_id, out
+
+
+def test_an_idle_worker_beyond_one_per_cpu_is_asked_to_exit_and_killed_when_it_agrees():
+    """NM5, P-LEASE-12: more idle workers than CPUs arms the reaping timer; when it fires the oldest
+    idle worker past ``idle_worker_timeout`` is asked to exit; it agrees and is killed."""
+    nm, oldest, newest, out = _two_idle_workers_on_one_cpu()
+    [timer] = [t for t in of_type(out, p.StartTimer) if t.key == ("reap",)]
+    assert timer.delay == nm.config.idle_worker_timeout
+    out = nm.handle(p.TimerFired(key=("reap",)), 0.3 + timer.delay)
+    assert sends_to(out, p.ExitIfIdle) == [(oldest, p.ExitIfIdle(worker_id=oldest))]
+    assert nm.workers[oldest].state == WorkerState.EXITING and list(nm.idle) == [newest]
+    nm.validate()
+    out = nm.handle(lease_request("l3"), 1.5)  # a lease meanwhile does not get the exiting worker
+    [g3] = granted(out)
+    assert g3.worker_id == newest
+    out = nm.handle(p.ExitIfIdleReply(worker_id=oldest, exiting=True), 1.6)
+    assert [(k.worker_id, k.reason) for k in of_type(out, p.KillWorker)] == [(oldest, "idle beyond the pool's size")]
+    assert oldest not in nm.workers
+    nm.handle(p.WorkerExited(worker_id=oldest, node_id="node-1", reason="killed by signal 9"), 1.7)
+    nm.validate()
+
+
+def test_an_idle_worker_that_holds_something_stays_and_is_idle_again():
+    """NM5: a worker that refuses to exit (it holds objects) is idle again, asked again only
+    after another timeout; one that dies while asked is simply forgotten."""
+    nm, oldest, newest, out = _two_idle_workers_on_one_cpu()
+    nm.handle(p.TimerFired(key=("reap",)), 1.3)
+    out = nm.handle(p.ExitIfIdleReply(worker_id=oldest, exiting=False), 1.35)
+    assert of_type(out, p.KillWorker) == [] and list(nm.idle) == [newest, oldest]
+    assert [t.key for t in of_type(out, p.StartTimer)] == [("reap",)]
+    nm.validate()
+    out = nm.handle(p.TimerFired(key=("reap",)), 2.35)
+    assert sends_to(out, p.ExitIfIdle) == [(newest, p.ExitIfIdle(worker_id=newest))]
+    nm.handle(p.WorkerExited(worker_id=newest, node_id="node-1", reason="exited with code 1"), 2.4)
+    assert list(nm.idle) == [oldest] and newest not in nm.workers
+    assert sends(nm.handle(p.ExitIfIdleReply(worker_id=newest, exiting=True), 2.5)) == []
+    nm.validate()
+
+
+def test_one_idle_worker_per_cpu_is_never_asked_to_exit():
+    """P-LEASE-12: the prestarted pool (one worker per CPU) stays, however long it is idle."""
+    nm = ready_nm(CPU=2)
+    [g] = granted(nm.handle(lease_request("l1"), 0.0))
+    out = nm.handle(p.ReturnWorkerLease(lease_id="l1", worker_id=g.worker_id), 0.1)
+    assert [t for t in of_type(out, p.StartTimer) if t.key == ("reap",)] == []
+    assert sends(nm.handle(p.TimerFired(key=("reap",)), 100.0), p.ExitIfIdle) == []
+    assert len(nm.idle) == 2
+
+
 def test_blocked_lease_returned_while_blocked_does_not_double_count_cpus():
     """NM1: returning a lease whose CPUs are lent gives back only what it still held."""
     nm = ready_nm(CPU=2, GPU=1)

@@ -422,3 +422,26 @@ def test_a_hung_node_is_found_dead_by_health_checks_and_stops_when_it_wakes(tmp_
     _eventually(lambda: not any(alive(pid) for pid in [hung["pid"], *on_hung]), timeout=20,
                 what="the woken node and its workers stopping")
     assert rayref.get(where.remote()) == head
+
+
+def test_the_pool_shrinks_back_to_one_worker_process_per_cpu():
+    """P-LEASE-12, NM5: worker processes started while a task was blocked in get() exit once idle
+    for a second (they hold nothing); the pool's one per CPU stays."""
+    info = rayref.init(transport="grpc", num_cpus=1)
+
+    @rayref.remote
+    def leaf():
+        time.sleep(0.3)
+        return os.getpid()
+
+    @rayref.remote
+    def parent():
+        return rayref.get([leaf.remote() for _ in range(3)])
+
+    def workers():
+        return [pid for pid in processes_of(info["session"]) if "transports.grpc.worker" in cmdline(pid)]
+
+    ran_on = set(rayref.get(parent.remote()))
+    assert len(workers()) >= 2 and ran_on <= set(workers())
+    _eventually(lambda: len(workers()) == 1, timeout=20, what="the extra workers exiting")
+    assert rayref.get(leaf.remote()) in workers()
