@@ -322,53 +322,65 @@ def test_a_connected_driver_that_shuts_down_gives_back_its_idle_workers_alive():
     assert alive(used), "the departed driver's idle worker was killed"
 
 
+@rayref.remote(max_retries=1)
+def _slow_once(path):
+    """Its first run writes its node to ``path`` and sleeps a minute; a retry returns at once."""
+    here = rayref.get_runtime_context().get_node_id()
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write(here)
+        time.sleep(60)
+    return here
+
+
+@rayref.remote(max_restarts=1, max_task_retries=1)
+class _Where:
+    def node(self):
+        return rayref.get_runtime_context().get_node_id()
+
+
+@rayref.remote
+def _where():
+    return rayref.get_runtime_context().get_node_id()
+
+
+def _work_on_a_second_node(tmp_path):
+    """A 2-node cluster whose second node runs a retryable task (started) and a restartable
+    actor: (that node's announce, the task's ref, the actor, the node's worker pids)."""
+    rayref.init(transport="grpc", num_cpus=2)
+    node = worker.transport().add_node(num_cpus=2)
+    pinned = NodeAffinitySchedulingStrategy(node["node_id"], soft=True)
+    marker = tmp_path / "started"
+    # Soft affinity lands on the new node once the head's view has it.
+    _eventually(lambda: rayref.get(_where.options(scheduling_strategy=pinned).remote()) == node["node_id"],
+                what="the new node in the head's view")
+    ref = _slow_once.options(scheduling_strategy=pinned).remote(str(marker))
+    actor = _Where.options(scheduling_strategy=pinned).remote()
+    assert rayref.get(actor.node.remote()) == node["node_id"]
+    _eventually(lambda: marker.exists() and marker.read_text(), what="the task started")
+    assert marker.read_text() == node["node_id"]
+    on_node = [pid for pid in processes_of(worker.transport().session.path) if node["node_id"] in cmdline(pid)]
+    assert len(on_node) >= 2  # its workers (the node process itself names no node id)
+    return node, ref, actor, on_node
+
+
+def _moved_to_the_head(node, ref, actor):
+    """The task was retried and the actor restarted on the head; nodes() shows ``node`` dead."""
+    head = rayref.get_runtime_context().get_node_id()
+    assert rayref.get(ref, timeout=30) == head
+    assert rayref.get(actor.node.remote(), timeout=30) == head
+    assert [n["Alive"] for n in rayref.nodes() if n["NodeID"] == node["node_id"]] == [False]
+
+
 def test_sigkill_of_a_node_retries_its_tasks_and_restarts_its_actors(tmp_path):
     """F-8, RETRY1: SIGKILL of a node process: the head sees its stream end (NodeDied); the task that
     ran there is retried elsewhere, its actor restarts elsewhere, nodes() shows it dead, and none of
     its processes is left."""
-    rayref.init(transport="grpc", num_cpus=2)
-    doomed = worker.transport().add_node(num_cpus=2)
-    pinned = NodeAffinitySchedulingStrategy(doomed["node_id"], soft=True)
-    marker = tmp_path / "started"
-
-    @rayref.remote(max_retries=1)
-    def slow(path):
-        here = rayref.get_runtime_context().get_node_id()
-        if not os.path.exists(path):
-            with open(path, "w") as f:
-                f.write(here)
-            time.sleep(60)
-        return here
-
-    @rayref.remote(max_restarts=1, max_task_retries=1)
-    class Where:
-        def node(self):
-            return rayref.get_runtime_context().get_node_id()
-
-    @rayref.remote
-    def where():
-        return rayref.get_runtime_context().get_node_id()
-
-    # Soft affinity lands on the new node once the head's view has it.
-    _eventually(lambda: rayref.get(where.options(scheduling_strategy=pinned).remote()) == doomed["node_id"],
-                what="the new node in the head's view")
-    ref = slow.options(scheduling_strategy=pinned).remote(str(marker))
-    actor = Where.options(scheduling_strategy=pinned).remote()
-    assert rayref.get(actor.node.remote()) == doomed["node_id"]
-    _eventually(lambda: marker.exists() and marker.read_text(), what="the task started")
-    assert marker.read_text() == doomed["node_id"]
-    session = worker.transport().session.path
-    on_doomed = [pid for pid in processes_of(session) if doomed["node_id"] in cmdline(pid)]
-    assert len(on_doomed) >= 2  # its workers (the node process itself names no node id)
+    doomed, ref, actor, on_doomed = _work_on_a_second_node(tmp_path)
     os.kill(doomed["pid"], signal.SIGKILL)
-
-    head = rayref.get_runtime_context().get_node_id()
-    assert rayref.get(ref, timeout=30) == head
-    assert rayref.get(actor.node.remote(), timeout=30) == head
-    assert [n["Alive"] for n in rayref.nodes() if n["NodeID"] == doomed["node_id"]] == [False]
+    _moved_to_the_head(doomed, ref, actor)
     _eventually(lambda: not any(alive(pid) for pid in [doomed["pid"], *on_doomed]), timeout=20,
                 what="the node's processes gone")
-
 
 
 def test_a_hung_node_is_found_dead_by_health_checks_and_stops_when_it_wakes(tmp_path, monkeypatch):
@@ -378,50 +390,17 @@ def test_a_hung_node_is_found_dead_by_health_checks_and_stops_when_it_wakes(tmp_
     monkeypatch.setenv("RAYREF_HEALTH_CHECK_PERIOD_S", "0.2")
     monkeypatch.setenv("RAYREF_HEALTH_CHECK_TIMEOUT_S", "0.5")
     monkeypatch.setenv("RAYREF_HEALTH_CHECK_FAILURE_THRESHOLD", "3")
-    rayref.init(transport="grpc", num_cpus=2)
-    hung = worker.transport().add_node(num_cpus=2)
-    pinned = NodeAffinitySchedulingStrategy(hung["node_id"], soft=True)
-    marker = tmp_path / "started"
-
-    @rayref.remote(max_retries=1)
-    def slow(path):
-        here = rayref.get_runtime_context().get_node_id()
-        if not os.path.exists(path):
-            with open(path, "w") as f:
-                f.write(here)
-            time.sleep(60)
-        return here
-
-    @rayref.remote(max_restarts=1, max_task_retries=1)
-    class Where:
-        def node(self):
-            return rayref.get_runtime_context().get_node_id()
-
-    @rayref.remote
-    def where():
-        return rayref.get_runtime_context().get_node_id()
-
-    _eventually(lambda: rayref.get(where.options(scheduling_strategy=pinned).remote()) == hung["node_id"],
-                what="the new node in the head's view")
-    time.sleep(1.0)  # several health checks answered: a live node is not declared dead
-    assert [n["Alive"] for n in rayref.nodes() if n["NodeID"] == hung["node_id"]] == [True]
-    ref = slow.options(scheduling_strategy=pinned).remote(str(marker))
-    actor = Where.options(scheduling_strategy=pinned).remote()
-    assert rayref.get(actor.node.remote()) == hung["node_id"]
-    _eventually(lambda: marker.exists() and marker.read_text(), what="the task started")
-    on_hung = [pid for pid in processes_of(worker.transport().session.path) if hung["node_id"] in cmdline(pid)]
+    hung, ref, actor, on_hung = _work_on_a_second_node(tmp_path)
+    assert [n["Alive"] for n in rayref.nodes() if n["NodeID"] == hung["node_id"]] == [True]  # checks answered
     os.kill(hung["pid"], signal.SIGSTOP)
     try:
-        head = rayref.get_runtime_context().get_node_id()
-        assert rayref.get(ref, timeout=30) == head
-        assert rayref.get(actor.node.remote(), timeout=30) == head
-        assert [n["Alive"] for n in rayref.nodes() if n["NodeID"] == hung["node_id"]] == [False]
+        _moved_to_the_head(hung, ref, actor)
         assert alive(hung["pid"])  # still there, stopped: found dead by the checks, not by its exit
     finally:
         os.kill(hung["pid"], signal.SIGCONT)
     _eventually(lambda: not any(alive(pid) for pid in [hung["pid"], *on_hung]), timeout=20,
                 what="the woken node and its workers stopping")
-    assert rayref.get(where.remote()) == head
+    assert rayref.get(_where.remote()) == rayref.get_runtime_context().get_node_id()
 
 
 def test_the_pool_shrinks_back_to_one_worker_process_per_cpu():
