@@ -60,7 +60,10 @@ def actor_method(instance, name: str):
     return raw.__get__(instance, cls)
 
 
-def finished(spec: p.TaskSpec, result) -> p.TaskExecuted:
+def finished(spec: p.TaskSpec, result, defer_large: bool = False) -> p.TaskExecuted:
+    """The outcome of a task that returned ``result``. With ``defer_large`` its large buffers stay
+    views of the result (``serialization``): the transport copies them once as it sends them
+    (gRPC: straight into shared memory), then calls ``settled`` on the outcome."""
     count = len(spec.return_ids)
     if spec.kind == p.TaskKind.ACTOR_CREATION:
         values = [None]
@@ -75,11 +78,18 @@ def finished(spec: p.TaskSpec, result) -> p.TaskExecuted:
             error = ValueError(f"Task {spec.name} declared num_returns={count} but returned {got} values.")
             return failed(spec, error, retryable=False)
     try:
-        blobs = tuple(serialization.serialize(v) for v in values)
+        blobs = tuple(serialization.serialize(v, defer_large=defer_large) for v in values)
     except Exception as error:
         text = serialization.describe_unserializable(result, error)
         return failed(spec, TypeError(f"Could not store the return value of {spec.name}: {text}"), retryable=False)
     return p.TaskExecuted(task_id=spec.task_id, returns=blobs)
+
+
+def settled(outcome: p.TaskExecuted) -> None:
+    """After the core worker handled ``outcome``: copy what the transport did not (no Blob may
+    keep aliasing the result, which user code may change later)."""
+    for blob in outcome.returns:
+        serialization.copy_deferred(blob)
 
 
 def failed(spec: p.TaskSpec, error: BaseException, retryable: bool | None = None) -> p.TaskExecuted:

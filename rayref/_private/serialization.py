@@ -11,7 +11,9 @@ pickler gave out, a view of the caller's own memory. Whoever sends such a Blob m
 the Blob's buffer for the read-only mapping (``transports/grpc/shm.py``), so a 100 MiB put is
 one copy. Before ``put`` returns, ``copy_deferred`` copies into ``bytes`` whatever is still
 deferred (the sim transport, or shared memory unavailable), so no Blob outlives the call
-aliasing user memory. Task arguments kept for retries and task return values are copied here.
+aliasing user memory. A gRPC worker defers a task's return values the same way
+(``executor.finished(defer_large=True)``, then ``executor.settled``); task arguments kept for
+retries, and everything in sim, are copied here.
 
 While pickling, every ``ObjectRef`` met is recorded as *contained* in the blob; the engine
 uses that to keep nested references alive.

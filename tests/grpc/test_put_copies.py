@@ -140,3 +140,37 @@ def test_without_shared_memory_a_put_still_never_aliases_the_array(monkeypatch):
         assert out.sum() == 4 * MiB and shm.segment_of(out) is None and not out.flags.writeable
     finally:
         rayref.shutdown()
+
+
+def test_a_large_task_return_is_one_copy_into_shared_memory():
+    """A returned array is copied once, straight into its segment, as a put is: the worker makes
+    no private copy of its size; and the stored value does not follow later changes (IMM1)."""
+    rayref.init(transport="grpc", num_cpus=1)
+    try:
+        @rayref.remote
+        class Holder:
+            def __init__(self):
+                self.array = np.arange(32 * MiB // 8, dtype=np.int64)
+
+            def trace(self):
+                tracemalloc.start()
+
+            def value(self):
+                return self.array
+
+            def peak_and_bump(self):
+                peak = tracemalloc.get_traced_memory()[1]
+                tracemalloc.stop()
+                self.array[:] = -1
+                return peak
+
+        holder = Holder.remote()
+        rayref.get(holder.value.remote())  # warm up the path
+        rayref.get(holder.trace.remote())
+        ref = holder.value.remote()
+        peak = rayref.get(holder.peak_and_bump.remote())  # calls run in order: after the return was stored
+        assert peak < 4 * MiB, f"returning a 32 MiB array allocated {peak} bytes in the worker"
+        out = rayref.get(ref)
+        assert np.array_equal(out, np.arange(32 * MiB // 8)) and shm.segment_of(out) is not None
+    finally:
+        rayref.shutdown()

@@ -113,6 +113,12 @@ class ProcessHost:
         with self.lock:
             self.dispatch(self.cw.handle(msg, time.monotonic()))
 
+    def _executed(self, outcome: p.TaskExecuted) -> None:
+        """A task's outcome: its large returns are copied once, into shared memory, as the
+        engine's ``PutObject`` is encoded (``executor.finished(defer_large=True)``)."""
+        self.on_message(outcome)
+        executor.settled(outcome)
+
     def dispatch(self, commands) -> None:
         for cmd in commands:
             kind = type(cmd)
@@ -268,7 +274,7 @@ class ProcessHost:
         if spec.kind == p.TaskKind.ACTOR_TASK and self._is_coroutine(spec.method):
             future = asyncio.run_coroutine_threadsafe(self._run_async(cmd), self.actor_loop)
             self.task_threads[spec.task_id] = future
-            future.add_done_callback(lambda done: self.on_message(done.result()))
+            future.add_done_callback(lambda done: self._executed(done.result()))
         else:
             self.runners.start(cmd)
 
@@ -289,7 +295,7 @@ class ProcessHost:
         spec = cmd.spec
         try:
             fn, args, kwargs = executor.bind(self, spec, cmd.args)
-            return executor.finished(spec, fn(*args, **kwargs))
+            return executor.finished(spec, fn(*args, **kwargs), defer_large=True)
         except BaseException as error:  # noqa: BLE001 - every failure of user code is the task's result
             return executor.failed(spec, error)
 
@@ -298,7 +304,7 @@ class ProcessHost:
         self.local.task = RunningTask(spec, tuple(int(d) if d.isdigit() else d for d in self._devices(cmd.gpu_ids)))
         try:
             fn, args, kwargs = executor.bind(self, spec, cmd.args)
-            return executor.finished(spec, await fn(*args, **kwargs))
+            return executor.finished(spec, await fn(*args, **kwargs), defer_large=True)
         except asyncio.CancelledError:
             return executor.failed(spec, KeyboardInterrupt())
         except BaseException as error:  # noqa: BLE001
@@ -360,4 +366,4 @@ class Runners:
                 self.host.task_threads.pop(cmd.spec.task_id, None)
                 outcome = executor.failed(cmd.spec, KeyboardInterrupt())
             self.idle.append(inbox)
-            self.host.on_message(outcome)
+            self.host._executed(outcome)
