@@ -421,9 +421,9 @@ class CoreWorker:
 
     # ------------------------------------------------------------------ API: tasks
 
-    def submit_task(self, spec: p.TaskSpec) -> None:
+    def submit_task(self, spec: p.TaskSpec, sequence_no: int = 0) -> None:
         self.release_dropped()
-        task = PendingTask(spec, retries_left=spec.max_retries)
+        task = PendingTask(spec, retries_left=spec.max_retries, sequence_no=sequence_no)
         self.tasks[spec.task_id] = task
         for object_id in spec.return_ids:
             self.refs.own(object_id)
@@ -437,8 +437,7 @@ class CoreWorker:
             self._dependencies_ready(task)
 
     def submit_actor_task(self, spec: p.TaskSpec) -> None:
-        seq = self.actors.next_sequence(spec.actor_id)
-        self.submit_task(dataclasses.replace(spec, sequence_no=seq))
+        self.submit_task(spec, sequence_no=self.actors.next_sequence(spec.actor_id))
 
     def create_actor(self, spec: p.TaskSpec) -> None:
         handle_id = spec.return_ids[0]

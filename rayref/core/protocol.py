@@ -105,7 +105,6 @@ class TaskSpec:
     attempt: int = 0
     actor_id: str = ""
     method: str = ""
-    sequence_no: int = 0
     actor: ActorOptions | None = None
 
     def scheduling_key(self) -> tuple:

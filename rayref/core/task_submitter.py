@@ -36,6 +36,8 @@ class TaskState(enum.Enum):
 class PendingTask:
     spec: p.TaskSpec
     retries_left: int
+    sequence_no: int = 0
+    """An actor call's number, per caller and actor, from 1 (in-flight calls are re-queued in this order)."""
     state: TaskState = TaskState.RESOLVING
     args: tuple[p.ResolvedArg, ...] = ()
     lease_id: str = ""
@@ -399,7 +401,7 @@ class ActorTaskSubmitter:
             else:
                 self.cw.fail_task(task, "ActorDiedError", self._cause(ch, in_flight=True))
         if retry:
-            merged = sorted(retry, key=lambda t: t.spec.sequence_no)
+            merged = sorted(retry, key=lambda t: t.sequence_no)
             ch.queue = deque([t.spec.task_id for t in merged] + list(ch.queue))
 
     def _cause(self, ch: ActorChannel, in_flight: bool = False) -> str:

@@ -442,7 +442,7 @@ def test_actor_calls_are_pushed_in_submission_order_once_alive():
     info = p.ActorInfo(actor_id="a1", state="ALIVE", address="node-1.w5", node_id="node-1")
     out = cw.handle(p.ActorStateChanged(actor_id="a1", info=info), 0.5)
     pushes = sends_to(out, p.PushTask)
-    assert [(to, m.task_id, m.spec.sequence_no) for to, m in pushes] == [
+    assert [(to, m.task_id, cw.tasks[m.task_id].sequence_no) for to, m in pushes] == [
         ("node-1.w5", "c0", 1), ("node-1.w5", "c1", 2), ("node-1.w5", "c2", 3)]
     assert cw.actors.channels["a1"].state == ChannelState.ALIVE
     cw.validate()
