@@ -39,8 +39,15 @@ def note_contained(info: RefInfo) -> None:
         found[info.object_id] = info
 
 
+_ATOMIC = frozenset({type(None), bool, int, float, str, bytes})
+"""Types that hold no buffer and no ObjectRef: plain pickle writes them as cloudpickle would."""
+
+
 def serialize(value, *, is_error: bool = False, defer_large: bool = False) -> Blob:
     """``value`` as a Blob; with ``defer_large`` its large buffers are not copied yet (see the module doc)."""
+    if type(value) in _ATOMIC:  # the common small result, a quarter of the cost
+        data = pickle.dumps(value, protocol=5)
+        return Blob(data=data, nbytes=len(data), is_error=is_error)
     buffers: list = []
     found: dict = {}
     token = _contained.set(found)
