@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import os
 import traceback
+import types
 
 import cloudpickle
 
@@ -54,6 +55,9 @@ def bind(process, spec: p.TaskSpec, arg_blobs):
 def actor_method(instance, name: str):
     """The method as defined on the class, bound to the instance (instance attributes never shadow it)."""
     cls = type(instance)
+    raw = cls.__dict__.get(name)
+    if type(raw) is types.FunctionType:  # the common case: a plain method of the class itself
+        return raw.__get__(instance, cls)
     raw = inspect.getattr_static(cls, name, None)
     if isinstance(raw, staticmethod | classmethod) or raw is None:
         return getattr(cls, name) if raw is not None else getattr(instance, name)

@@ -146,5 +146,6 @@ def base_spec(ctx, *, kind: p.TaskKind, name: str, args_blob: p.Blob, deps, num_
     task_id = new_task_id(ctx)
     return p.TaskSpec(task_id=task_id, kind=kind, name=name, owner=ctx.cw.address, owner_node=ctx.cw.node_id,
                       args=args_blob, dependencies=deps,
-                      return_ids=tuple(f"{task_id}.r{i}" for i in range(num_returns)),
+                      return_ids=(f"{task_id}.r0",) if num_returns == 1 else
+                      tuple(f"{task_id}.r{i}" for i in range(num_returns)),
                       parent_task_id=_parent_task_id(ctx), **fields)

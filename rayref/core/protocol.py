@@ -69,6 +69,11 @@ class SchedulingStrategy:
     soft: bool = False
 
 
+DEFAULT_STRATEGY = SchedulingStrategy()
+NO_RESOURCES = Resources()
+"""Shared defaults of every spec (both immutable)."""
+
+
 @frozen
 class ActorOptions:
     max_restarts: int = 0
@@ -95,8 +100,8 @@ class TaskSpec:
     args: Blob
     dependencies: tuple[RefInfo, ...] = ()
     return_ids: tuple[str, ...] = ()
-    resources: Resources = field(default_factory=Resources)
-    strategy: SchedulingStrategy = field(default_factory=SchedulingStrategy)
+    resources: Resources = NO_RESOURCES
+    strategy: SchedulingStrategy = DEFAULT_STRATEGY
     max_retries: int = 0
     retry_exceptions: bool | tuple = False
     env_vars: tuple[tuple[str, str], ...] = ()

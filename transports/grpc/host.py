@@ -125,7 +125,7 @@ class ProcessHost:
             if kind is p.Send:
                 self._post(cmd.to, wire.encode(self.address, cmd.to, cmd.msg))
             elif kind is p.Wake:
-                self.events.setdefault(cmd.waiter, threading.Event()).set()
+                self._event(cmd.waiter).set()
             elif kind is p.ExecuteTask:
                 self._start(cmd)
             elif kind is p.StartTimer:
@@ -138,6 +138,14 @@ class ProcessHost:
                 log.warning(cmd.text)
             else:
                 raise TypeError(f"unknown command {cmd!r}")
+
+    def _event(self, waiter) -> threading.Event:
+        """The event a user thread blocked on ``waiter`` waits for (made by whichever comes first,
+        the ``Wake`` or the wait). Under the lock."""
+        event = self.events.get(waiter)
+        if event is None:
+            event = self.events[waiter] = threading.Event()
+        return event
 
     def _in_loop(self, fn, *args) -> None:
         if threading.get_ident() == self.loop_thread:
@@ -229,7 +237,7 @@ class ProcessHost:
         with self.lock:
             if waiter.done:
                 return
-            event = self.events.setdefault(waiter, threading.Event())
+            event = self._event(waiter)
         try:
             while not event.wait(0.05):
                 if self.detached.is_set():
