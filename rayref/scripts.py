@@ -110,8 +110,6 @@ def stop(args) -> int:
         print("No rayref cluster is running on this machine.")
         return 0
     session.stop()
-    from transports.grpc.client import cleanup_shared_memory
-    cleanup_shared_memory(session.path)
     print(f"Stopped the rayref cluster of {session.path}.")
     return 0
 

@@ -10,13 +10,23 @@ import rayref
 sys.path.insert(0, os.path.dirname(__file__))
 
 from grpc_helpers import cmdline, eventually, processes_of  # noqa: E402
+from transports.grpc import shm  # noqa: E402
+
+
+def _segments() -> set[str]:
+    try:
+        return {name for name in os.listdir(shm.SHM_DIR) if name.startswith(shm.PREFIX)}
+    except FileNotFoundError:
+        return set()
 
 
 @pytest.fixture(autouse=True)
 def _private_session_root(tmp_path, monkeypatch):
     """Sessions of these tests live in their own folder, never touching a developer's cluster. A
-    test that leaves a process of those sessions running fails (LIFE2), and the process is killed."""
+    test that leaves a process of those sessions running, or a shared-memory segment that was not
+    there before it, fails (LIFE2, OS4); what it left is removed."""
     monkeypatch.setenv("RAYREF_SESSION_ROOT", str(tmp_path / "sessions"))
+    before = _segments()
     yield
     if rayref.is_initialized():
         rayref.shutdown()
@@ -28,3 +38,10 @@ def _private_session_root(tmp_path, monkeypatch):
         for pid in left:
             os.kill(pid, signal.SIGKILL)
         raise AssertionError(f"the test left {len(left)} process(es) running: {described}") from None
+    try:  # a dropped segment is unlinked up to shm.GRACE after it was last sent
+        eventually(lambda: not _segments() - before, shm.GRACE + 3.0, "no new shared-memory segment left")
+    except AssertionError:
+        left = sorted(_segments() - before)
+        for name in left:
+            os.unlink(os.path.join(shm.SHM_DIR, name))
+        raise AssertionError(f"the test left {len(left)} shared-memory segment(s): {left}") from None

@@ -58,12 +58,6 @@ class GrpcTransport:
         _detach(self.host)
         if self.owns_cluster and self.session is not None:
             self.session.stop()
-            cleanup_shared_memory(self.session.path)
-
-
-def cleanup_shared_memory(session_path: str) -> int:
-    """Remove the shared-memory segments a stopped session left in /dev/shm (``rayref stop`` too); how many."""
-    return shm.cleanup(session_path)
 
 
 def start_local(*, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None, namespace="",

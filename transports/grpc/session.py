@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 
+from transports.grpc import shm
+
 
 
 def root() -> str:
@@ -151,7 +153,8 @@ class Session:
         return found
 
     def stop(self) -> None:
-        """Kill every node process of the session (and so its workers); remove the directory."""
+        """Kill every node process of the session on this machine (and so its workers); remove its
+        shared-memory segments, its spill files and its directory."""
         local = [node for node in self.nodes() if node["pid"]]  # a joined session's head runs elsewhere
         for node in local:
             try:
@@ -167,6 +170,7 @@ class Session:
                 os.unlink(latest_link())
             except FileNotFoundError:
                 pass
+        shm.cleanup(self.path)  # what its killed processes left in /dev/shm
         shutil.rmtree(self.path, ignore_errors=True)
 
 
