@@ -1,6 +1,8 @@
 """Shared fixtures. Every test leaves rayref disconnected, whatever happened in it."""
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -44,10 +46,26 @@ def ray_start(request):
                          object_store_memory=1024**3)
         cluster.connect()
     else:
-        rayref.init(transport=request.param, num_cpus=4, num_gpus=2, resources={"Custom": 2},
-                    object_store_memory=1024**3)
+        session = rayref.init(transport=request.param, num_cpus=4, num_gpus=2, resources={"Custom": 2},
+                              object_store_memory=1024**3)["session"]
     yield rayref
     rayref.shutdown()
+    if request.param == "grpc":
+        _nothing_left_of(session)
+
+
+def _nothing_left_of(session: str) -> None:
+    """LIFE2 after a conformance test on grpc: no process and no shared-memory segment of its session."""
+    from transports.grpc import shm
+    assert not os.path.exists(session), f"the session directory {session} outlived shutdown()"
+    assert shm.segment_names(session) == [], f"segments of {session} outlived shutdown()"
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    assert session.encode() not in f.read(), f"process {entry} of {session} outlived shutdown()"
+            except OSError:
+                continue
 
 
 @pytest.fixture
