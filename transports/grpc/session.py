@@ -153,8 +153,9 @@ class Session:
         return found
 
     def stop(self) -> None:
-        """Kill every node process of the session on this machine (and so its workers); remove its
-        shared-memory segments, its spill files and its directory."""
+        """Kill every node process of the session on this machine and its workers (each node's process
+        group) and wait, 5 s at most, until none is left; remove the session's shared-memory
+        segments, its spill files and its directory."""
         local = [node for node in self.nodes() if node["pid"]]  # a joined session's head runs elsewhere
         for node in local:
             try:
@@ -165,6 +166,9 @@ class Session:
         for node in local:
             while _alive(node["pid"]) and real_monotonic() < deadline:
                 real_sleep(0.01)
+        groups = {node["pid"] for node in local}  # each node leads the group of its workers
+        while _live_members(groups) and real_monotonic() < deadline:
+            real_sleep(0.01)
         if os.path.realpath(latest_link()) == os.path.realpath(self.path):
             try:
                 os.unlink(latest_link())
@@ -172,6 +176,20 @@ class Session:
                 pass
         shm.cleanup(self.path)  # what its killed processes left in /dev/shm
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _live_members(groups: set[int]) -> bool:
+    """True while a process (not a zombie) of one of these process groups is left (Linux ``/proc``)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[2]) in groups:
+                return True
+    return False
 
 
 def _alive(pid: int) -> bool:
