@@ -424,3 +424,11 @@ def test_the_pool_shrinks_back_to_one_worker_process_per_cpu():
     assert len(workers()) >= 2 and ran_on <= set(workers())
     _eventually(lambda: len(workers()) == 1, timeout=20, what="the extra workers exiting")
     assert rayref.get(leaf.remote()) in workers()
+
+
+def test_a_bad_health_check_setting_is_a_clear_error(monkeypatch, capfd):
+    """W-12: a health-check setting that is not a positive number stops the head at start, naming it."""
+    monkeypatch.setenv("RAYREF_HEALTH_CHECK_PERIOD_S", "soon")
+    with pytest.raises(RuntimeError, match="exited with code 1 before it started"):
+        rayref.init(transport="grpc", num_cpus=1)
+    assert "RAYREF_HEALTH_CHECK_PERIOD_S='soon' must be a positive float" in capfd.readouterr().err

@@ -58,17 +58,32 @@ class HealthChecks:
 
     @classmethod
     def from_env(cls) -> HealthChecks:
-        env = os.environ
-        return cls(period=float(env.get("RAYREF_HEALTH_CHECK_PERIOD_S", cls.period)),
-                   timeout=float(env.get("RAYREF_HEALTH_CHECK_TIMEOUT_S", cls.timeout)),
-                   threshold=int(env.get("RAYREF_HEALTH_CHECK_FAILURE_THRESHOLD", cls.threshold)))
+        return cls(period=_positive("RAYREF_HEALTH_CHECK_PERIOD_S", cls.period, float),
+                   timeout=_positive("RAYREF_HEALTH_CHECK_TIMEOUT_S", cls.timeout, float),
+                   threshold=_positive("RAYREF_HEALTH_CHECK_FAILURE_THRESHOLD", cls.threshold, int))
+
+
+def _positive(name: str, default, kind):
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or value <= 0:
+        raise SystemExit(f"rayref node: {name}={text!r} must be a positive {kind.__name__} "
+                         f"(default {default}); fix or unset it.")
+    return value
 
 
 class NodeServer:
     def __init__(self, *, node_id: str, session: str, token: str, total: Resources, store_bytes: int,
                  head_id: str = "", head_endpoint: str = "", config: EngineConfig | None = None,
-                 announce: str = "head.json", host: str = "127.0.0.1", owner_pid: int = 0):
+                 announce: str = "head.json", host: str = "127.0.0.1", owner_pid: int = 0,
+                 health: HealthChecks | None = None):
         self.owner_pid = owner_pid
+        self.health = health or HealthChecks()
         self.announce = announce
         self.host = host
         self.node_id = node_id
@@ -119,7 +134,7 @@ class NodeServer:
         if self.owner_pid:
             asyncio.ensure_future(self._watch_owner())
         if self.is_head:
-            asyncio.ensure_future(self._check_health(HealthChecks.from_env()))
+            asyncio.ensure_future(self._check_health(self.health))
         await self.stopped.wait()
         self.stop_workers()
         for outbox in [*self.attached.values(), *self.peers.values()]:
@@ -407,10 +422,11 @@ def main(argv=None) -> None:
                     f"node:{args.host}": 1})
     if not args.head_address:
         amounts["node:__internal_head__"] = 1
+    health = HealthChecks.from_env()  # before anything starts: a bad setting is a clean exit
     server = NodeServer(node_id=node_id, session=args.session, token=read_token(args.session),
                         total=Resources(amounts), store_bytes=store, head_id=args.head_id,
                         head_endpoint=args.head_address, announce=args.announce, host=args.host,
-                        owner_pid=args.owner_pid)
+                        owner_pid=args.owner_pid, health=health)
     asyncio.run(server.serve(args.port))
 
 
