@@ -432,3 +432,53 @@ def test_a_bad_health_check_setting_is_a_clear_error(monkeypatch, capfd):
     with pytest.raises(RuntimeError, match="exited with code 1 before it started"):
         rayref.init(transport="grpc", num_cpus=1)
     assert "RAYREF_HEALTH_CHECK_PERIOD_S='soon' must be a positive float" in capfd.readouterr().err
+
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs a machine with two CPUs or more")
+@pytest.mark.parametrize("pinned", [True, False])
+def test_engine_threads_share_one_cpu_and_user_code_keeps_them_all(pinned, monkeypatch):
+    """Each process's asyncio loop and gRPC poller threads run on one CPU (README, sync calls);
+    the threads that run tasks, actor methods and async actors' loops, and threads they start,
+    keep every CPU of the process. ``RAYREF_PIN_ENGINE_THREADS=0`` turns the pinning off."""
+    if not pinned:
+        monkeypatch.setenv("RAYREF_PIN_ENGINE_THREADS", "0")
+    every = os.sched_getaffinity(0)
+
+    def _masks() -> dict:
+        """The CPUs of this worker's engine threads and of the thread running this (user code)."""
+        import threading
+        pollers = [t.native_id for t in threading.enumerate() if "_poll_wrapper" in t.name]
+        spawned = {}
+        thread = threading.Thread(target=lambda: spawned.update(cpus=os.sched_getaffinity(0)))
+        thread.start()
+        thread.join()
+        return {"loop": os.sched_getaffinity(os.getpid()), "pollers": [os.sched_getaffinity(t) for t in pollers],
+                "user": os.sched_getaffinity(0), "spawned": spawned["cpus"]}
+
+    rayref.init(transport="grpc", num_cpus=2)
+    remote_masks = rayref.remote(_masks)
+
+    @rayref.remote
+    class Plain:
+        def masks(self):
+            return _masks()
+
+    @rayref.remote
+    class Async:
+        async def masks(self):
+            return _masks()
+
+    found = [rayref.get(remote_masks.remote()), rayref.get(Plain.remote().masks.remote()),
+             rayref.get(Async.remote().masks.remote())]
+    host = worker.transport().current()
+    driver_loop = os.sched_getaffinity(host.loop_runner.native_id)
+    for masks in found:
+        assert masks["user"] == masks["spawned"] == every
+        assert masks["pollers"], "gRPC's poller thread was not found by its name"
+        if pinned:
+            assert len(masks["loop"]) == 1 and all(poller == masks["loop"] for poller in masks["pollers"])
+        else:
+            assert masks["loop"] == every and all(poller == every for poller in masks["pollers"])
+    assert len(driver_loop) == (1 if pinned else len(every))
+    assert os.sched_getaffinity(0) == every  # the driver's own thread: the user's

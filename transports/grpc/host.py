@@ -30,6 +30,48 @@ from transports.grpc import wire
 
 log = logging.getLogger("rayref.worker")
 
+PROCESS_CPUS = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset()
+"""The CPUs this process may run on, as it started: user code's threads keep all of them."""
+
+
+def keep_engine_threads_together() -> None:
+    """Pin this process's engine threads, the calling asyncio loop thread and gRPC's poller
+    thread, to the CPU the loop runs on now.
+
+    Every envelope crosses between the two, and a call crosses between them and a user thread
+    twice more. A thread woken on the other CPU is slow to wake in a virtual machine, and the
+    kernel often picks the other CPU: keeping the pair on one CPU made sync actor calls about
+    20 % faster on a 2-CPU machine (README). Threads that run user code are not pinned
+    (``release_cpus``). ``RAYREF_PIN_ENGINE_THREADS=0`` turns this off.
+    """
+    if len(PROCESS_CPUS) < 2 or os.environ.get("RAYREF_PIN_ENGINE_THREADS", "1") == "0":
+        return
+    cpu = _current_cpu()
+    if cpu not in PROCESS_CPUS:
+        return
+    pollers = [t.native_id for t in threading.enumerate() if "_poll_wrapper" in t.name]  # gRPC's aio poller
+    for tid in [threading.get_native_id(), *pollers]:
+        try:
+            os.sched_setaffinity(tid, {cpu})
+        except OSError:  # not allowed here (a container's policy): run unpinned
+            return
+
+
+def release_cpus() -> None:
+    """Let the calling thread (one that runs user code) run on all of the process's CPUs; a thread
+    starts with its creator's, and an engine thread's are one CPU."""
+    if PROCESS_CPUS and os.sched_getaffinity(0) != PROCESS_CPUS:
+        os.sched_setaffinity(0, PROCESS_CPUS)
+
+
+def _current_cpu() -> int:
+    """The CPU the calling thread runs on (field 39 of its ``stat``), or -1 if unknown."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[36])
+    except (OSError, ValueError, IndexError):
+        return -1
+
 
 class ProcessHost:
     def __init__(self, address: str, node_id: str, endpoint: str, token: str, *, is_driver: bool,
@@ -87,6 +129,7 @@ class ProcessHost:
             raise ConnectionError(f"The rayref node at {self.endpoint} refused this process: "
                                   f"{error.details() or error.code().name}") from None
         self.reader = asyncio.ensure_future(self._read())
+        keep_engine_threads_together()
 
     async def _read(self) -> None:
         try:
@@ -325,7 +368,11 @@ class ProcessHost:
 
     def _start_actor_loop(self) -> None:
         loop = asyncio.new_event_loop()
-        threading.Thread(target=loop.run_forever, daemon=True).start()
+
+        def run() -> None:
+            release_cpus()
+            loop.run_forever()
+        threading.Thread(target=run, daemon=True).start()
         self.actor_loop = loop
 
     def _environment(self, cmd: p.ExecuteTask) -> None:
@@ -366,6 +413,7 @@ class Runners:
         inbox.put(cmd)
 
     def _serve(self, inbox: queue.SimpleQueue) -> None:
+        release_cpus()
         while True:
             cmd = inbox.get()
             try:
