@@ -106,3 +106,43 @@ def test_objects_cross_three_nodes_in_chunks(monkeypatch, shared_memory):
     finally:
         rayref.shutdown()
     assert shm.segment_names(session) == [], "a segment of the session outlived it"
+
+
+def test_a_transfer_cut_short_by_its_stream_ending_leaves_no_segment(monkeypatch, tmp_path):
+    """G-STORE: a peer's stream that ends between a transfer's chunks takes what arrived of it
+    along, segment and all; a transfer that came whole on another stream is untouched."""
+    import asyncio
+    from transports.grpc.node import NodeServer
+    from rayref.core.resources import Resources
+
+    _as_node(monkeypatch, tmp_path, "nA")
+    cut = wire.encode_for_node("nA", "nB", p.ObjectTransfer(object_id="o3", blob=_transfer_blob(11 * MiB), from_node="nA"))
+    whole = wire.encode_for_node("nA", "nB", p.ObjectTransfer(object_id="o4", blob=_transfer_blob(5 * MiB), from_node="nA"))
+    monkeypatch.setattr(shm, "_node_id", "nB")
+    node = NodeServer(node_id="nB", session=str(tmp_path), token="t", total=Resources(), store_bytes=2**30,
+                      head_id="nH", head_endpoint="127.0.0.1:1")
+
+    class Context:
+        def invocation_metadata(self):
+            return wire.metadata("t")
+
+    async def stream(items):
+        for item in items:
+            yield wire.pack([item() if callable(item) else item])
+
+    async def main():
+        node.stopped = asyncio.Event()
+        other = shm.Chunk("other-stream", 0, 10, b"x" * 5)
+        shm.receive_chunk(other, stream="another call")  # half of a transfer still arriving elsewhere
+        routed = []
+        monkeypatch.setattr(node, "route", lambda src, to, msg: routed.append(msg))
+        await node.receive(stream([cut[0], *whole]), Context())  # one chunk of three, then the stream ends
+        return routed
+
+    routed = asyncio.run(main())
+    assert len(routed) == 1 and len(serialization.deserialize(routed[0].blob)) == 5 * MiB
+    routed.clear()
+    assert shm._assemblies.keys() == {"other-stream"}, "the cut transfer's part is gone, the other stream's kept"
+    shm.discard_cut_short("another call")
+    eventually(lambda: shm.segment_names(str(tmp_path)) == [], timeout=3 * shm.GRACE,
+               what="no segment left of either transfer")

@@ -302,9 +302,10 @@ class NodeServer:
         if not wire.authorized(context, self.token):
             return b""
         peers = []
+        stream = object()  # what arrives on this call of transfers (shm.discard_cut_short)
 
         def handle(data: bytes) -> None:
-            source = self._route_batch(data)
+            source = self._route_batch(data, stream)
             if not peers:
                 peers.append(source)
 
@@ -316,6 +317,8 @@ class NodeServer:
             raise
         except Exception as error:  # noqa: BLE001 - the peer's connection broke: it is as good as dead
             log.warning("the stream from node %s broke: %s", peers, error)
+        finally:
+            shm.discard_cut_short(stream)
         self._peer_gone(peers[0] if peers else "")
         return b""
 
@@ -352,16 +355,16 @@ class NodeServer:
         except Exception:  # noqa: BLE001 - the process's stream broke: it has detached
             pass
 
-    def _route_batch(self, data: bytes) -> str:
-        """Route one gRPC message; the node its envelopes came from. (A function, so that no
-        envelope, and no segment it maps, outlives its routing.)"""
+    def _route_batch(self, data: bytes, stream: object = None) -> str:
+        """Route one gRPC message (of ``stream``); the node its envelopes came from. (A function,
+        so that no envelope, and no segment it maps, outlives its routing.)"""
         source = ""
         for src, to, msg in wire.unpack(data):
             source = self.node_of(src)
             if source in self.declared_dead:
                 continue
             if type(msg) is shm.Chunk:
-                shm.receive_chunk(msg)
+                shm.receive_chunk(msg, stream)
             elif type(msg) is str and msg == DECLARED_DEAD:  # this node was hung or cut off, and the cluster has gone on without it
                 log.warning("the head declared this node dead; stopping it and its workers")
                 self.stopped.set()

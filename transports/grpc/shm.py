@@ -585,6 +585,7 @@ class _Assembly:
     def __init__(self, size: int):
         self.size = size
         self.received = 0
+        self.stream = None
         self.fd = None
         self.memory = None
         if enabled():
@@ -638,12 +639,24 @@ class _Assembly:
 _assemblies: dict[str, _Assembly] = {}
 
 
-def receive_chunk(chunk: Chunk) -> None:
-    """Write one piece of a transfer into its buffer (loop thread of a node; in stream order)."""
+def receive_chunk(chunk: Chunk, stream: object = None) -> None:
+    """Write one piece of a transfer into its buffer (loop thread of a node; in stream order).
+    ``stream`` names the stream it came on (``discard_cut_short``)."""
     assembly = _assemblies.get(chunk.key)
     if assembly is None:
         assembly = _assemblies[chunk.key] = _Assembly(chunk.size)
+        assembly.stream = stream
     assembly.write(chunk.offset, chunk.data)
+
+
+def discard_cut_short(stream: object) -> int:
+    """``stream`` has ended: what arrived on it of transfers whose envelope did not (a transfer's
+    chunks and envelope travel on one stream, and nothing lost with a stream is sent again) is
+    gone, segments and all. How many were."""
+    cut = [key for key, assembly in _assemblies.items() if assembly.stream is stream]
+    for key in cut:
+        _assemblies.pop(key).discard()
+    return len(cut)
 
 
 def _assembled(key: str, size: int):
