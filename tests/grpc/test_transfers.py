@@ -146,3 +146,24 @@ def test_a_transfer_cut_short_by_its_stream_ending_leaves_no_segment(monkeypatch
     shm.discard_cut_short("another call")
     eventually(lambda: shm.segment_names(str(tmp_path)) == [], timeout=3 * shm.GRACE,
                what="no segment left of either transfer")
+
+
+def test_a_chunk_is_one_copy_on_the_sender(monkeypatch, tmp_path):
+    """A chunk's bytes are read from the object by pickling its envelope (a PickleBuffer over the
+    object), and a batch of that one envelope is the envelope itself: one chunk-sized copy (there
+    were three: the chunk's bytes, its envelope, the batch)."""
+    import tracemalloc
+    _as_node(monkeypatch, tmp_path, "nA")
+    first, *_ = wire.encode_for_node("nA", "nB", p.ObjectTransfer(object_id="o5", blob=_transfer_blob(11 * MiB),
+                                                                  from_node="nA"))
+    tracemalloc.start()
+    try:
+        envelope = first()
+        batch = wire.pack([envelope])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * shm.CHUNK_BYTES, f"{peak / MiB:.1f} MiB allocated to send one 5 MiB chunk"  # pickle's buffer grows by half
+    assert batch is envelope and len(batch) > shm.CHUNK_BYTES
+    (_, _, chunk), = wire.unpack(batch)
+    assert chunk.offset == 0 and bytes(chunk.data) == _pattern(11 * MiB).tobytes()[:shm.CHUNK_BYTES]

@@ -562,19 +562,21 @@ def _rebuild_blob(fields: dict) -> p.Blob:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Chunk:
-    """``data`` is the piece at ``offset`` of the ``size`` bytes of the buffer streamed as ``key``."""
+    """``data`` is the piece at ``offset`` of the ``size`` bytes of the buffer streamed as ``key``:
+    bytes as received; as sent, a ``PickleBuffer`` over the object itself, so that pickling the
+    chunk's envelope is its one copy on the sender."""
 
     key: str
     offset: int
     size: int
-    data: bytes
+    data: bytes | pickle.PickleBuffer
 
 
 def chunks(key: str, buffer):
     """The pieces of ``buffer`` as ``Chunk`` makers: each reads its bytes only when called, so a
     transfer waiting for its turn on a stream holds no copy of the object."""
-    view = _flat(buffer)
-    return [lambda offset=offset: Chunk(key, offset, view.nbytes, bytes(view[offset:offset + CHUNK_BYTES]))
+    view = _flat(buffer).toreadonly()
+    return [lambda offset=offset: Chunk(key, offset, view.nbytes, pickle.PickleBuffer(view[offset:offset + CHUNK_BYTES]))
             for offset in range(0, view.nbytes, CHUNK_BYTES)]
 
 

@@ -19,7 +19,8 @@ Three methods on one generic gRPC service, no generated code:
             way instead of two through the node.
 
 Each gRPC message is a *batch*: the envelopes that queued for one stream while the previous
-message was being written (``Outbox``), up to ``BATCH_BYTES``. A gRPC message costs tens of
+message was being written (``Outbox``), up to ``BATCH_BYTES``; a batch of one is that envelope
+itself (``pack``). A gRPC message costs tens of
 microseconds in Python; batching pays it once for a burst of calls.
 
 Between nodes an ``ObjectTransfer`` of a large object is a stream of ``shm.Chunk``s followed by
@@ -71,12 +72,18 @@ def decode(data: bytes):
 
 
 def pack(batch: list[bytes]) -> bytes:
-    return pickle.dumps(batch, protocol=5)
+    """One gRPC message: a lone envelope as it is (a sync call's, a transfer's chunk: not copied
+    again), several as a pickled list of them."""
+    return batch[0] if len(batch) == 1 else pickle.dumps(batch, protocol=5)
 
 
 def unpack(data: bytes):
     """The envelopes of one gRPC message, decoded one by one, in order."""
-    for envelope in pickle.loads(data):
+    loaded = pickle.loads(data)
+    if type(loaded) is not list:  # a lone envelope, (src, to, msg)
+        yield loaded
+        return
+    for envelope in loaded:
         yield decode(envelope)
 
 
