@@ -133,3 +133,34 @@ def test_cancel_finished_task_keeps_result(ray_start):
     assert ray.get(ref) == 5
     ray.cancel(ref)
     assert ray.get(ref) == 5
+
+
+def test_cancel_a_running_async_actor_call(ray_start):
+    """Ray cancels a running coroutine method by cancelling its asyncio task: the call fails
+    TaskCancelledError, the coroutine sees CancelledError, and the actor goes on serving."""
+    ray = ray_start
+
+    @ray.remote
+    class Sleeper:
+        def __init__(self):
+            self.cancelled = 0
+
+        async def nap(self):
+            import asyncio
+            try:
+                await asyncio.sleep(10**6)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+
+        async def count(self):
+            return self.cancelled
+
+    sleeper = Sleeper.remote()
+    assert ray.get(sleeper.count.remote()) == 0
+    napping = sleeper.nap.remote()
+    ray.wait([napping], timeout=0.5)
+    ray.cancel(napping)
+    with pytest.raises(ray.exceptions.TaskCancelledError):
+        ray.get(napping, timeout=30)
+    assert ray.get(sleeper.count.remote()) == 1

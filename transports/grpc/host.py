@@ -10,7 +10,6 @@ while its commands are carried out. A blocked user thread waits on an event that
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import ctypes
 import queue
 from collections import deque
@@ -323,9 +322,8 @@ class ProcessHost:
         """A coroutine method runs on the actor's event loop; anything else on a thread of the pool."""
         spec = cmd.spec
         if spec.kind == p.TaskKind.ACTOR_TASK and self._is_coroutine(spec.method):
-            future = asyncio.run_coroutine_threadsafe(self._run_async(cmd), self.actor_loop)
-            self.task_threads[spec.task_id] = future
-            future.add_done_callback(lambda done: self._executed(done.result()))
+            run = self.task_threads[spec.task_id] = AsyncRun(self.actor_loop)
+            self.actor_loop.call_soon_threadsafe(self._begin_async, run, cmd)
         else:
             self.runners.start(cmd)
 
@@ -350,18 +348,31 @@ class ProcessHost:
         except BaseException as error:  # noqa: BLE001 - every failure of user code is the task's result
             return executor.failed(spec, error)
 
-    async def _run_async(self, cmd: p.ExecuteTask) -> p.TaskExecuted:
+    def _begin_async(self, run: AsyncRun, cmd: p.ExecuteTask) -> None:
+        """On the actor's loop: the call's asyncio task. Its outcome is handled as the coroutine
+        ends; a task cancelled before its first step never runs the coroutine, so its outcome
+        is made when the task is done."""
+        run.task = self.actor_loop.create_task(self._run_async(cmd))
+        run.task.add_done_callback(lambda task: task.cancelled() and self._cancelled_before_start(cmd))
+        if run.cancelled:
+            run.task.cancel()
+
+    def _cancelled_before_start(self, cmd: p.ExecuteTask) -> None:
+        self.task_threads.pop(cmd.spec.task_id, None)
+        self._executed(executor.failed(cmd.spec, KeyboardInterrupt()))
+
+    async def _run_async(self, cmd: p.ExecuteTask) -> None:
         spec = cmd.spec
         self.local.task = RunningTask(spec, tuple(int(d) if d.isdigit() else d for d in self._devices(cmd.gpu_ids)))
         try:
             fn, args, kwargs = executor.bind(self, spec, cmd.args)
-            return executor.finished(spec, await fn(*args, **kwargs), defer_large=True)
+            outcome = executor.finished(spec, await fn(*args, **kwargs), defer_large=True)
         except asyncio.CancelledError:
-            return executor.failed(spec, KeyboardInterrupt())
+            outcome = executor.failed(spec, KeyboardInterrupt())
         except BaseException as error:  # noqa: BLE001
-            return executor.failed(spec, error)
-        finally:
-            self.task_threads.pop(spec.task_id, None)
+            outcome = executor.failed(spec, error)
+        self.task_threads.pop(spec.task_id, None)
+        self._executed(outcome)
 
     def _is_coroutine(self, method: str) -> bool:
         return self.actor_loop is not None and asyncio.iscoroutinefunction(getattr(type(self.actor), method, None))
@@ -390,10 +401,28 @@ class ProcessHost:
 
     def _interrupt(self, task_id: str) -> None:
         running = self.task_threads.get(task_id)
-        if isinstance(running, concurrent.futures.Future):
+        if isinstance(running, AsyncRun):
             running.cancel()
         elif running is not None:
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(running), ctypes.py_object(KeyboardInterrupt))
+
+
+class AsyncRun:
+    """An async actor's call on the actor's event loop, cancellable from any thread (Ray cancels
+    a running coroutine method by cancelling its asyncio task)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.task: asyncio.Task | None = None
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.loop.call_soon_threadsafe(self._cancel)
+
+    def _cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
 
 
 class Runners:

@@ -113,6 +113,7 @@ class SimProcess:
         self.loop_thread: SimThread | None = None
         self.loop_parked = 0
         self.async_waiters: dict = {}
+        self.async_calls: dict[str, asyncio.Task] = {}
 
     @property
     def namespace(self) -> str:
@@ -213,6 +214,13 @@ class SimProcess:
         return thread is not None and thread.interrupted
 
     def interrupt(self, task_id: str) -> None:
+        """A running call ends with KeyboardInterrupt: its thread's, or its coroutine's asyncio task
+        is cancelled (as Ray cancels an async actor's call)."""
+        call = self.async_calls.get(task_id)
+        if call is not None:
+            self.loop.call_soon(call.cancel)
+            self.unpark_loop()
+            return
         for thread in self.threads:
             if thread.task is not None and thread.task.spec.task_id == task_id:
                 thread.interrupted = True
@@ -232,8 +240,19 @@ class SimProcess:
         self.runtime.soon(self.loop_thread.resume)
 
     def _run_on_loop(self, cmd: p.ExecuteTask, task: RunningTask) -> None:
-        self.loop.call_soon(lambda: self.loop.create_task(self._run_async(cmd, task)))
+        self.loop.call_soon(self._begin_async, cmd, task)
         self.unpark_loop()
+
+    def _begin_async(self, cmd: p.ExecuteTask, task: RunningTask) -> None:
+        """The call's asyncio task (cancelled before its first step, it never runs the coroutine:
+        its outcome is made when it is done)."""
+        call = self.async_calls[cmd.spec.task_id] = self.loop.create_task(self._run_async(cmd, task))
+        call.add_done_callback(lambda done: done.cancelled() and self._deliver_async(
+            cmd.spec.task_id, executor.failed(cmd.spec, KeyboardInterrupt())))
+
+    def _deliver_async(self, task_id: str, outcome: p.TaskExecuted) -> None:
+        self.async_calls.pop(task_id, None)
+        self.runtime.deliver_local(self.address, outcome)
 
     async def _run_async(self, cmd: p.ExecuteTask, task: RunningTask) -> None:
         running_task.set(task)
@@ -248,7 +267,7 @@ class SimProcess:
             return
         except Exception as error:  # noqa: BLE001
             outcome = executor.failed(spec, error)
-        self.runtime.deliver_local(self.address, outcome)
+        self._deliver_async(spec.task_id, outcome)
 
     def unpark_loop(self) -> None:
         if self.loop_parked:
