@@ -40,7 +40,7 @@ def keep_engine_threads_together() -> None:
     Every envelope crosses between the two, and a call crosses between them and a user thread
     twice more. A thread woken on the other CPU is slow to wake in a virtual machine, and the
     kernel often picks the other CPU: keeping the pair on one CPU made sync actor calls about
-    20 % faster on a 2-CPU machine (README). Threads that run user code are not pinned
+    15 % faster on a 2-CPU machine (README). Threads that run user code are not pinned
     (``release_cpus``). ``RAYREF_PIN_ENGINE_THREADS=0`` turns this off.
     """
     if len(PROCESS_CPUS) < 2 or os.environ.get("RAYREF_PIN_ENGINE_THREADS", "1") == "0":
