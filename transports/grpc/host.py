@@ -354,8 +354,6 @@ class ProcessHost:
         is made when the task is done."""
         run.task = self.actor_loop.create_task(self._run_async(cmd))
         run.task.add_done_callback(lambda task: task.cancelled() and self._cancelled_before_start(cmd))
-        if run.cancelled:
-            run.task.cancel()
 
     def _cancelled_before_start(self, cmd: p.ExecuteTask) -> None:
         self.task_threads.pop(cmd.spec.task_id, None)
@@ -433,20 +431,16 @@ class Signal:
 
 class AsyncRun:
     """An async actor's call on the actor's event loop, cancellable from any thread (Ray cancels
-    a running coroutine method by cancelling its asyncio task)."""
+    a running coroutine method by cancelling its asyncio task). Its cancel reaches the loop after
+    its ``_begin_async`` (both go by ``call_soon_threadsafe``, in dispatch order), so the task is
+    there by then."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self.task: asyncio.Task | None = None
-        self.cancelled = False
 
     def cancel(self) -> None:
-        self.cancelled = True
-        self.loop.call_soon_threadsafe(self._cancel)
-
-    def _cancel(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
+        self.loop.call_soon_threadsafe(lambda: self.task.cancel())
 
 
 class Runners:

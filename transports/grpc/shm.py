@@ -584,10 +584,10 @@ class _Assembly:
     """A buffer arriving in chunks: a new segment of this node's, written piece by piece and mapped
     read-only once whole (without shared memory: bytes in memory)."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, stream: object = None):
         self.size = size
         self.received = 0
-        self.stream = None
+        self.stream = stream
         self.fd = None
         self.memory = None
         if enabled():
@@ -646,19 +646,16 @@ def receive_chunk(chunk: Chunk, stream: object = None) -> None:
     ``stream`` names the stream it came on (``discard_cut_short``)."""
     assembly = _assemblies.get(chunk.key)
     if assembly is None:
-        assembly = _assemblies[chunk.key] = _Assembly(chunk.size)
-        assembly.stream = stream
+        assembly = _assemblies[chunk.key] = _Assembly(chunk.size, stream)
     assembly.write(chunk.offset, chunk.data)
 
 
-def discard_cut_short(stream: object) -> int:
+def discard_cut_short(stream: object) -> None:
     """``stream`` has ended: what arrived on it of transfers whose envelope did not (a transfer's
     chunks and envelope travel on one stream, and nothing lost with a stream is sent again) is
-    gone, segments and all. How many were."""
-    cut = [key for key, assembly in _assemblies.items() if assembly.stream is stream]
-    for key in cut:
+    gone, segments and all."""
+    for key in [key for key, assembly in _assemblies.items() if assembly.stream is stream]:
         _assemblies.pop(key).discard()
-    return len(cut)
 
 
 def _assembled(key: str, size: int):

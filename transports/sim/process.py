@@ -113,7 +113,7 @@ class SimProcess:
         self.loop_thread: SimThread | None = None
         self.loop_parked = 0
         self.async_waiters: dict = {}
-        self.async_calls: dict[str, asyncio.Task] = {}
+        self.async_calls: dict[str, asyncio.Task | None] = {}  # None: scheduled, not yet begun
 
     @property
     def namespace(self) -> str:
@@ -216,9 +216,8 @@ class SimProcess:
     def interrupt(self, task_id: str) -> None:
         """A running call ends with KeyboardInterrupt: its thread's, or its coroutine's asyncio task
         is cancelled (as Ray cancels an async actor's call)."""
-        call = self.async_calls.get(task_id)
-        if call is not None:
-            self.loop.call_soon(call.cancel)
+        if task_id in self.async_calls:  # its cancel runs on the loop after its _begin_async
+            self.loop.call_soon(self._cancel_async, task_id)
             self.unpark_loop()
             return
         for thread in self.threads:
@@ -240,6 +239,7 @@ class SimProcess:
         self.runtime.soon(self.loop_thread.resume)
 
     def _run_on_loop(self, cmd: p.ExecuteTask, task: RunningTask) -> None:
+        self.async_calls[cmd.spec.task_id] = None
         self.loop.call_soon(self._begin_async, cmd, task)
         self.unpark_loop()
 
@@ -249,6 +249,11 @@ class SimProcess:
         call = self.async_calls[cmd.spec.task_id] = self.loop.create_task(self._run_async(cmd, task))
         call.add_done_callback(lambda done: done.cancelled() and self._deliver_async(
             cmd.spec.task_id, executor.failed(cmd.spec, KeyboardInterrupt())))
+
+    def _cancel_async(self, task_id: str) -> None:
+        call = self.async_calls.get(task_id)  # gone if the call ended first
+        if call is not None:
+            call.cancel()
 
     def _deliver_async(self, task_id: str, outcome: p.TaskExecuted) -> None:
         self.async_calls.pop(task_id, None)
